@@ -1,0 +1,32 @@
+# Copyright (c) personsearch_kd contributors. Licensed under the Apache License 2.0.
+from detectron2.config import CfgNode as CN
+
+
+def add_personsearch_config(cfg):
+    """
+    Add config for personsearch_kd: the OIM identity branch and loss.
+    Call it on a fresh ``get_cfg()`` before ``merge_from_file``.
+    """
+    _C = cfg
+
+    _C.MODEL.OIM = CN()
+    # Dimension of the L2-normalised ID embedding (pooled res5 -> Linear -> BN -> L2).
+    _C.MODEL.OIM.EMBED_DIM = 256
+    # Number of labeled training identities = LUT rows; dataset person ids must lie in
+    # [0, NUM_IDS) (-1 = unlabeled). CUHK-SYSU has 5532.
+    _C.MODEL.OIM.NUM_IDS = 5532
+    # Length of the circular queue of unlabeled-person features (5000 for CUHK-SYSU, 500 for PRW).
+    _C.MODEL.OIM.QUEUE_SIZE = 5000
+    # Inverse temperature applied to cosine similarities before the softmax (30 as in SeqNet/NAE;
+    # the original Caffe OIM used 10).
+    _C.MODEL.OIM.SCALAR = 30.0
+    # LUT row update v <- m*v + (1-m)*x, then the row is re-normalised.
+    _C.MODEL.OIM.MOMENTUM = 0.5
+    # lambda_oim, the weight of the OIM loss in the total loss (0.1 in the KD_reid configs).
+    _C.MODEL.OIM.LOSS_WEIGHT = 1.0
+    # Keep the LUT fixed: it is never updated by training (KD_reid). The queue still updates.
+    _C.MODEL.OIM.FREEZE_LUT = False
+    # Optional file with an initial LUT (torch.save of {"lut": Tensor[NUM_IDS, EMBED_DIM], ...}),
+    # loaded when the model is built; weights loaded later (MODEL.WEIGHTS, --resume) that contain
+    # a LUT take precedence, so a resumed run keeps its own table.
+    _C.MODEL.OIM.LUT_FILE = ""

@@ -1,0 +1,2 @@
+# Copyright (c) personsearch_kd contributors. Licensed under the Apache License 2.0.
+from .dataset_mapper import PersonSearchDatasetMapper

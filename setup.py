@@ -1,0 +1,23 @@
+#!/usr/bin/env python3
+# Copyright (c) personsearch_kd contributors. Licensed under the Apache License 2.0.
+from setuptools import find_packages, setup
+
+setup(
+    name="personsearch_kd",
+    version="0.1.0",
+    description="End-to-end person search (OIM) with knowledge distillation, a detectron2 extension",
+    license="Apache-2.0",
+    packages=find_packages(include=["personsearch_kd", "personsearch_kd.*"]),
+    python_requires=">=3.9",
+    # detectron2 is not on PyPI: install it from its repository first (README, Install).
+    install_requires=[
+        "torch",
+        "torchvision",
+        "fvcore",
+        "pycocotools",
+        "numpy",
+        "opencv-python-headless",
+        "scipy",
+    ],
+    extras_require={"test": ["pytest"]},
+)
