@@ -1,0 +1,149 @@
+# Copyright (c) personsearch_kd contributors. Licensed under the Apache License 2.0.
+"""OIMROIHeads on random features; the LazyConfig model; the dataset mapper."""
+import os
+
+import pytest
+
+pytest.importorskip("detectron2")
+
+import torch  # noqa: E402
+
+from detectron2.config import LazyConfig, instantiate  # noqa: E402
+from detectron2.layers import ShapeSpec  # noqa: E402
+from detectron2.modeling import build_model  # noqa: E402
+from detectron2.modeling.roi_heads import build_roi_heads  # noqa: E402
+from detectron2.structures import Boxes, ImageList, Instances  # noqa: E402
+from detectron2.utils.events import EventStorage  # noqa: E402
+
+from helpers import CONFIGS, model_inputs, set_seed, synthetic_record, tiny_cfg  # noqa: E402
+
+IMAGE_SIZE = (96, 128)
+
+
+def _head_and_inputs(cfg):
+    """OIMROIHeads of an R18 config on random res4 features of 2 images, with fixed proposals:
+    each ground-truth box plus two background boxes far away from every person."""
+    head = build_roi_heads(cfg, {"res4": ShapeSpec(channels=256, stride=16)})
+    features = {"res4": torch.rand(2, 256, IMAGE_SIZE[0] // 16, IMAGE_SIZE[1] // 16)}
+    images = ImageList(torch.zeros(2, 3, *IMAGE_SIZE), [IMAGE_SIZE] * 2)
+    gt = [
+        (torch.tensor([[10.0, 10, 40, 80], [60, 10, 90, 80]]), torch.tensor([0, -1])),
+        (torch.tensor([[20.0, 5, 50, 90]]), torch.tensor([3])),
+    ]
+    targets, proposals = [], []
+    for boxes, pids in gt:
+        t = Instances(IMAGE_SIZE)
+        t.gt_boxes = Boxes(boxes)
+        t.gt_classes = torch.zeros(len(boxes), dtype=torch.int64)
+        t.gt_pids = pids
+        targets.append(t)
+        p = Instances(IMAGE_SIZE)
+        background = torch.tensor([[100.0, 0, 127, 20], [100, 70, 127, 95]])
+        p.proposal_boxes = Boxes(torch.cat([boxes, background]))
+        p.objectness_logits = torch.zeros(len(boxes) + 2)
+        proposals.append(p)
+    return head, images, features, proposals, targets
+
+
+def test_head_losses_and_memory_use_only_foreground():
+    set_seed(0)
+    cfg = tiny_cfg(18, **{"MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE": 512})
+    head, images, features, proposals, targets = _head_and_inputs(cfg)
+    head.train()
+    with EventStorage():
+        instances, losses = head(images, features, proposals, targets)
+    assert instances == []
+    assert set(losses) == {"loss_cls", "loss_box_reg", "loss_oim"}
+    assert all(torch.isfinite(v) for v in losses.values())
+    oim = head.oim_loss
+    # Foreground = each given box and its appended ground-truth copy. Only the two copies of the
+    # one unlabeled person reach the queue; the four background boxes reach nothing.
+    assert int(oim.queue_ptr) == 2
+    assert oim.queue[:2].norm(dim=1).tolist() == pytest.approx([1.0, 1.0], abs=1e-5)
+    assert not oim.queue[2:].any()
+    assert [round(oim.lut[i].norm().item(), 5) for i in range(6)] == [1, 0, 0, 1, 0, 0]
+
+
+def test_head_loss_weight_scales_oim_loss():
+    cfgs = [tiny_cfg(18, **{"MODEL.OIM.LOSS_WEIGHT": w}) for w in (1.0, 0.1)]
+    values = []
+    for cfg in cfgs:
+        set_seed(0)
+        head, images, features, proposals, targets = _head_and_inputs(cfg)
+        set_seed(1)
+        with EventStorage():
+            values.append(head(images, features, proposals, targets)[1]["loss_oim"].item())
+    assert values[1] == pytest.approx(0.1 * values[0], rel=1e-5)
+
+
+def test_frozen_lut_from_file_is_loaded_and_kept(tmp_path):
+    lut = torch.nn.functional.normalize(torch.randn(6, 256), dim=1)
+    torch.save({"lut": lut}, tmp_path / "teacher_lut.pth")
+    cfg = tiny_cfg(
+        18,
+        **{"MODEL.OIM.LUT_FILE": str(tmp_path / "teacher_lut.pth"), "MODEL.OIM.FREEZE_LUT": True},
+    )
+    head, images, features, proposals, targets = _head_and_inputs(cfg)
+    with EventStorage():
+        head(images, features, proposals, targets)
+    assert torch.equal(head.oim_loss.lut, lut)
+    assert int(head.oim_loss.queue_ptr) == 2
+
+
+def test_inference_adds_reid_feats():
+    cfg = tiny_cfg(18)
+    head, images, features, proposals, _ = _head_and_inputs(cfg)
+    head.eval()
+    with torch.no_grad():
+        instances, losses = head(images, features, proposals)
+    assert losses == {}
+    for inst in instances:
+        assert inst.reid_feats.shape == (len(inst), 256)
+        assert inst.has("pred_boxes") and inst.has("scores")
+
+
+def test_lazy_config_model_has_the_yacs_model_structure():
+    lazy = LazyConfig.load(os.path.join(CONFIGS, "lazy", "oim_R_50_C4.py"))
+    lazy.model.roi_heads.oim_loss.num_ids = 6
+    lazy.model.roi_heads.oim_loss.queue_size = 16
+    model = instantiate(lazy.model)
+    cfg = tiny_cfg(50)
+    cfg.MODEL.RESNETS.NORM = "FrozenBN"
+    cfg.MODEL.BACKBONE.FREEZE_AT = 2
+    reference = build_model(cfg)
+    shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    assert shapes == {k: tuple(v.shape) for k, v in reference.state_dict().items()}
+    model.eval()
+    with torch.no_grad():
+        out = model([{"image": torch.randint(0, 255, (3, 128, 160)).float()}])
+    assert out[0]["instances"].reid_feats.shape[1] == 256
+
+
+def test_mapper_carries_person_ids_through_flip(tmp_path):
+    cfg = tiny_cfg(18, **{"INPUT.RANDOM_FLIP": "horizontal"})
+    record = synthetic_record(tmp_path, 3, [4, -1, 1])
+    orders = []
+    for seed in range(8):  # both flip outcomes are drawn among 8 tries (p = 1 - 2^-7)
+        set_seed(seed)
+        (mapped,) = model_inputs(cfg, [record])
+        inst = mapped["instances"]
+        assert inst.gt_pids.tolist() == [4, -1, 1]
+        order = inst.gt_boxes.tensor[:, 0].argsort().tolist()
+        orders.append(order)
+    # Unflipped the persons stand left to right 4, -1, 1; flipped, right to left.
+    assert [0, 1, 2] in orders and [2, 1, 0] in orders
+
+
+@pytest.mark.parametrize(
+    "person_id, message",
+    [(None, "person_id=None"), (6, r"person_id=6; expected an int in \[0, 6\)"), (-2, "person_id=-2")],
+)
+def test_mapper_rejects_bad_person_ids_naming_file_and_field(tmp_path, person_id, message):
+    cfg = tiny_cfg(18)
+    record = synthetic_record(tmp_path, 4, [0, 1])
+    if person_id is None:
+        del record["annotations"][1]["person_id"]
+    else:
+        record["annotations"][1]["person_id"] = person_id
+    with pytest.raises(ValueError, match=rf"synthetic_4.png: annotation 1 has {message}"):
+        model_inputs(cfg, [record])
