@@ -1,0 +1,116 @@
+#!/usr/bin/env python3
+# Copyright (c) personsearch_kd contributors. Licensed under the Apache License 2.0.
+"""
+Time one training step (forward + backward + SGD update) of person-search configs on synthetic
+images with persons, and print a Markdown table. Nothing is read from disk but the configs.
+
+    python tools/benchmark_train_step.py --config-file configs/scratch/oim_R_18_C4_scratch.yaml \
+        configs/scratch/oim_R_50_C4_scratch.yaml --height 576 --width 768 --batch 2 \
+        MODEL.DEVICE cpu
+"""
+import argparse
+import resource
+import statistics
+import time
+
+import torch
+
+from detectron2.config import get_cfg
+from detectron2.modeling import build_model
+from detectron2.structures import Boxes, Instances
+from detectron2.utils.events import EventStorage
+
+from personsearch_kd import add_personsearch_config
+
+
+def synthetic_batch(batch: int, height: int, width: int, persons: int, num_ids: int, seed: int):
+    """Random images with `persons` upright boxes each, half of them labeled."""
+    g = torch.Generator().manual_seed(seed)
+    inputs = []
+    for _ in range(batch):
+        w = torch.randint(width // 20, width // 8, (persons,), generator=g).float()
+        h = 2.5 * w
+        x0 = torch.rand(persons, generator=g) * (width - w)
+        y0 = torch.rand(persons, generator=g) * (height - h).clamp(min=1)
+        inst = Instances((height, width))
+        inst.gt_boxes = Boxes(torch.stack([x0, y0, x0 + w, (y0 + h).clamp(max=height)], dim=1))
+        inst.gt_classes = torch.zeros(persons, dtype=torch.int64)
+        pids = torch.randint(0, num_ids, (persons,), generator=g)
+        pids[persons // 2 :] = -1
+        inst.gt_pids = pids
+        image = torch.randint(0, 256, (3, height, width), generator=g, dtype=torch.uint8)
+        inputs.append({"image": image, "instances": inst, "height": height, "width": width})
+    return inputs
+
+
+def time_config(config_file: str, args) -> dict:
+    cfg = get_cfg()
+    add_personsearch_config(cfg)
+    cfg.merge_from_file(config_file)
+    cfg.merge_from_list(args.opts)
+    torch.manual_seed(0)
+    model = build_model(cfg).train()
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9)
+    inputs = synthetic_batch(
+        args.batch, args.height, args.width, args.persons, cfg.MODEL.OIM.NUM_IDS, seed=0
+    )
+    on_cuda = model.device.type == "cuda"
+    if on_cuda:
+        torch.cuda.reset_peak_memory_stats()
+    times = []
+    with EventStorage():
+        for i in range(args.warmup + args.iters):
+            start = time.perf_counter()
+            losses = model(inputs)
+            optimizer.zero_grad()
+            sum(losses.values()).backward()
+            optimizer.step()
+            if on_cuda:
+                torch.cuda.synchronize()
+            if i >= args.warmup:
+                times.append(time.perf_counter() - start)
+    peak = (
+        torch.cuda.max_memory_allocated() / 2**20
+        if on_cuda
+        else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # process max RSS
+    )
+    return {
+        "config": config_file,
+        "depth": cfg.MODEL.RESNETS.DEPTH,
+        "device": torch.cuda.get_device_name() if on_cuda else "cpu",
+        "rois": cfg.MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE,
+        "median": statistics.median(times),
+        "min": min(times),
+        "peak_mib": peak,
+    }
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config-file", nargs="+", required=True)
+    parser.add_argument("--height", type=int, default=576)
+    parser.add_argument("--width", type=int, default=768)
+    parser.add_argument("--batch", type=int, default=2, help="images per step")
+    parser.add_argument("--persons", type=int, default=6, help="persons per image")
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--iters", type=int, default=3, help="timed steps")
+    parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides")
+    args = parser.parse_args()
+
+    rows = [time_config(f, args) for f in args.config_file]
+    print(
+        f"\nTraining step, batch {args.batch} of {args.width}x{args.height} synthetic images, "
+        f"{args.persons} persons each; median (min) of {args.iters} steps after "
+        f"{args.warmup} warm-up; torch {torch.__version__}, {torch.get_num_threads()} threads\n"
+    )
+    print("| config | depth | device | ROIs/img | s/step median | s/step min | peak MiB |")
+    print("|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(
+            f"| {r['config']} | R{r['depth']} | {r['device']} | {r['rois']} | "
+            f"{r['median']:.2f} | {r['min']:.2f} | {r['peak_mib']:.0f} |"
+        )
+
+
+if __name__ == "__main__":
+    main()  # pragma: no cover
