@@ -30,3 +30,9 @@ def add_personsearch_config(cfg):
     # loaded when the model is built; weights loaded later (MODEL.WEIGHTS, --resume) that contain
     # a LUT take precedence, so a resumed run keeps its own table.
     _C.MODEL.OIM.LUT_FILE = ""
+
+    _C.TEST.PERSON_SEARCH = CN()
+    # Gallery detections scoring below this are not searched (0.5 in the literature).
+    _C.TEST.PERSON_SEARCH.SEARCH_SCORE_THRESH = 0.5
+    # Detections scoring below this are not counted for detection AP / recall (0.01 as in SeqNet).
+    _C.TEST.PERSON_SEARCH.DETECTION_SCORE_THRESH = 0.01

@@ -1,5 +1,6 @@
 # Copyright (c) personsearch_kd contributors. Licensed under the Apache License 2.0.
 """Small configs and synthetic person-search images shared by the detectron2 tests."""
+import json
 import os
 
 import cv2
@@ -87,3 +88,44 @@ def model_inputs(cfg, records, is_train: bool = True):
 def set_seed(seed: int = 0):
     torch.manual_seed(seed)
     np.random.seed(seed)
+
+
+def write_mot_fixture(root, frames=8, tracks=((1, 2, 3), (1, 2))):
+    """
+    Two small MOTChallenge sequences under ``root`` ("SEQ-A" in MOT15 rows, "SEQ-B" in MOT17
+    rows with one non-pedestrian row) and a split spec: frames 1-4 train, 5-8 test.
+
+    Returns:
+        path of split.json.
+    """
+    spec = {"sequences": {}, "queries": {"per_id": 2}}
+    for seq, ids, mot17 in (("SEQ-A", tracks[0], False), ("SEQ-B", tracks[1], True)):
+        seq_dir = os.path.join(str(root), seq)
+        os.makedirs(os.path.join(seq_dir, "img1"))
+        os.makedirs(os.path.join(seq_dir, "gt"))
+        with open(os.path.join(seq_dir, "seqinfo.ini"), "w") as f:
+            f.write(f"[Sequence]\nname={seq}\nimDir=img1\nimWidth=176\nimHeight=128\nimExt=.jpg\n")
+        rows = []
+        for frame in range(1, frames + 1):
+            cv2.imwrite(
+                os.path.join(seq_dir, "img1", f"{frame:06d}.jpg"),
+                np.full((128, 176, 3), 40 * frame % 255, np.uint8),
+            )
+            for k, track in enumerate(ids):
+                x, y = 1 + 40 * k + frame, 10 + frame  # 1-based top-left
+                tail = "1,1,1.0" if mot17 else "1,-1,-1,-1"
+                rows.append(f"{frame},{track},{x},{y},24,56,{tail}")
+            if mot17:
+                rows.append(f"{frame},99,100,10,30,30,1,3,1.0")  # a car: not a person
+        with open(os.path.join(seq_dir, "gt", "gt.txt"), "w") as f:
+            f.write("\n".join(rows) + "\n")
+        spec["sequences"][seq] = {
+            "train_frames": [1, frames // 2],
+            "test_frames": [frames // 2 + 1, frames],
+            "train_ids": list(ids[:-1]),
+            "query_ids": list(ids[-1:]),
+        }
+    path = os.path.join(str(root), "split.json")
+    with open(path, "w") as f:
+        json.dump(spec, f)
+    return path

@@ -4,15 +4,29 @@
 personsearch_kd training script: detectron2's usual CLI (--config-file, --num-gpus, --num-machines,
 --resume, --eval-only, trailing KEY VALUE opts).
 """
+import os
+
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import get_cfg
 from detectron2.data import build_detection_train_loader
 from detectron2.engine import DefaultTrainer, default_argument_parser, default_setup, launch
+from detectron2.utils import comm
+from detectron2.utils.logger import setup_logger
 
 from personsearch_kd import PersonSearchDatasetMapper, add_personsearch_config
+from personsearch_kd.evaluation import PersonSearchEvaluator
 
 
 class Trainer(DefaultTrainer):
+    @classmethod
+    def build_evaluator(cls, cfg, dataset_name, output_folder=None):
+        return PersonSearchEvaluator(
+            dataset_name,
+            search_score_thresh=cfg.TEST.PERSON_SEARCH.SEARCH_SCORE_THRESH,
+            detection_score_thresh=cfg.TEST.PERSON_SEARCH.DETECTION_SCORE_THRESH,
+            output_dir=output_folder or os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name),
+        )
+
     @classmethod
     def build_train_loader(cls, cfg):
         # Our mapper carries person ids to Instances.gt_pids.
@@ -29,6 +43,7 @@ def setup(args):
     cfg.merge_from_list(args.opts)
     cfg.freeze()
     default_setup(cfg, args)
+    setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="personsearch_kd")
     return cfg
 
 

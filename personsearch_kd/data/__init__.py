@@ -1,2 +1,3 @@
 # Copyright (c) personsearch_kd contributors. Licensed under the Apache License 2.0.
+from . import datasets  # registers the built-in datasets
 from .dataset_mapper import PersonSearchDatasetMapper

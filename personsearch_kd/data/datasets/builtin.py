@@ -1,0 +1,45 @@
+# Copyright (c) personsearch_kd contributors. Licensed under the Apache License 2.0.
+"""
+Registration of person-search datasets in detectron2's DatasetCatalog / MetadataCatalog.
+Built-in names are registered on import, under $DETECTRON2_DATASETS (default "datasets");
+see datasets/README.md for the folder layouts.
+"""
+import os
+
+from detectron2.data import DatasetCatalog, MetadataCatalog
+
+from .mot import load_mot_person_search
+
+__all__ = ["register_mot_person_search"]
+
+PERSON_SEARCH_EVALUATOR = "person_search"
+
+
+def register_mot_person_search(name: str, root: str, split_file: str = None):
+    """
+    Register ``<name>_train`` and ``<name>_test`` for MOTChallenge sequences under ``root`` split
+    by the JSON spec ``split_file`` (default ``<root>/split.json``). Files are read only when a
+    dataset is loaded. The test set holds the gallery images followed by the queries
+    (dicts with ``query_boxes``), which :class:`PersonSearchEvaluator` understands.
+    """
+    split_file = split_file or os.path.join(root, "split.json")
+    for split in ("train", "test"):
+        DatasetCatalog.register(
+            f"{name}_{split}",
+            lambda split=split: load_mot_person_search(root, split_file, split),
+        )
+        MetadataCatalog.get(f"{name}_{split}").set(
+            thing_classes=["person"],
+            image_root=root,
+            split_file=split_file,
+            evaluator_type=PERSON_SEARCH_EVALUATOR,
+            # Every sequence is one camera; the literature reports all-camera search here.
+            search_protocols=("all",),
+        )
+
+
+def register_all(root: str):
+    register_mot_person_search("mot15_ps_mini", os.path.join(root, "mot15-ps-mini"))
+
+
+register_all(os.path.expanduser(os.getenv("DETECTRON2_DATASETS", "datasets")))

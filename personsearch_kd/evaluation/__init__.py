@@ -1,0 +1,8 @@
+# Copyright (c) personsearch_kd contributors. Licensed under the Apache License 2.0.
+# The metrics are pure numpy; the evaluator needs detectron2.
+from importlib.util import find_spec
+
+from .metrics import average_precision, box_iou, detection_metrics, search_metrics
+
+if find_spec("detectron2") is not None:
+    from .evaluator import PersonSearchEvaluator
