@@ -19,5 +19,6 @@ setup(
         "opencv-python-headless",
         "scipy",
     ],
-    extras_require={"test": ["pytest"]},
+    # scikit-learn: the reference average_precision_score the metric tests compare against.
+    extras_require={"test": ["pytest", "scikit-learn"]},
 )

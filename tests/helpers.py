@@ -26,6 +26,7 @@ def tiny_cfg(depth: int = 18, **overrides):
     cfg.merge_from_list(
         [
             "MODEL.DEVICE", "cpu",
+            "DATALOADER.NUM_WORKERS", 0,
             "MODEL.OIM.NUM_IDS", NUM_IDS,
             "MODEL.OIM.QUEUE_SIZE", 16,
             "MODEL.RPN.PRE_NMS_TOPK_TRAIN", 400,

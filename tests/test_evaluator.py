@@ -1,0 +1,107 @@
+# Copyright (c) personsearch_kd contributors. Licensed under the Apache License 2.0.
+"""PersonSearchEvaluator through detectron2's inference loop, on a written MOT fixture."""
+import json
+
+import pytest
+
+pytest.importorskip("detectron2")
+
+import torch  # noqa: E402
+from torch import nn  # noqa: E402
+
+from detectron2.data import DatasetCatalog, MetadataCatalog, build_detection_test_loader  # noqa: E402
+from detectron2.evaluation import inference_on_dataset  # noqa: E402
+from detectron2.modeling import build_model  # noqa: E402
+from detectron2.structures import Boxes, Instances  # noqa: E402
+
+from personsearch_kd.data.datasets import register_mot_person_search  # noqa: E402
+from personsearch_kd.evaluation import PersonSearchEvaluator  # noqa: E402
+
+from helpers import set_seed, tiny_cfg, write_mot_fixture  # noqa: E402
+
+
+@pytest.fixture
+def fixture_test_set(tmp_path):
+    name = f"mot_fixture_{tmp_path.name}"
+    register_mot_person_search(name, str(tmp_path), write_mot_fixture(tmp_path))
+    yield f"{name}_test"
+    for split in ("train", "test"):
+        DatasetCatalog.remove(f"{name}_{split}")
+        MetadataCatalog.remove(f"{name}_{split}")
+
+
+class OracleModel(nn.Module):
+    """Returns the ground truth as detections, with a one-hot feature per identity."""
+
+    def __init__(self, records, dim=16, wrong_queries=False):
+        super().__init__()
+        self.gt = {r["image_id"]: r["annotations"] for r in records if "query_boxes" not in r}
+        self.dim = dim
+        self.wrong_queries = wrong_queries
+
+    def _onehot(self, pid):
+        feat = torch.zeros(self.dim)
+        feat[pid if pid >= 0 else self.dim - 1] = 1.0
+        return feat
+
+    def forward(self, inputs):
+        outputs = []
+        for inp in inputs:
+            inst = Instances((inp["height"], inp["width"]))
+            if "query_boxes" in inp:
+                pid = inp["query_pid"] + (1 if self.wrong_queries else 0)
+                inst.pred_boxes = Boxes(torch.tensor(inp["query_boxes"]))
+                inst.scores = torch.ones(1)
+                inst.reid_feats = self._onehot(pid)[None]
+            else:
+                annos = self.gt[inp["image_id"]]
+                inst.pred_boxes = Boxes(torch.tensor([a["bbox"] for a in annos]))
+                inst.scores = torch.full((len(annos),), 0.99)
+                inst.reid_feats = torch.stack([self._onehot(a["person_id"]) for a in annos])
+            outputs.append({"instances": inst})
+        return outputs
+
+
+def _evaluate(model, dataset_name, cfg, output_dir=None):
+    loader = build_detection_test_loader(cfg, dataset_name)
+    evaluator = PersonSearchEvaluator(dataset_name, output_dir=output_dir)
+    return inference_on_dataset(model, loader, evaluator)["person_search"]
+
+
+def test_oracle_scores_100_percent_and_writes_ranked_matches(fixture_test_set, tmp_path):
+    records = DatasetCatalog.get(fixture_test_set)
+    results = _evaluate(OracleModel(records), fixture_test_set, tiny_cfg(18), str(tmp_path))
+    for key in ("det_AP", "det_recall", "det_recall_labeled"):
+        assert results[key] == pytest.approx(100.0), key
+    for key in ("mAP", "top1", "top5", "top10"):
+        assert results[key] == pytest.approx(100.0), key
+    per_query = json.load(open(tmp_path / "search_results.json"))["all"]
+    assert len(per_query) == 4
+    # Query 0 (SEQ-A id 3, frame 5): its person is in the 3 other test frames of SEQ-A.
+    assert per_query[0]["count_gt"] == 3 and per_query[0]["ranked"][0][3] is True
+
+
+def test_wrong_query_features_lower_the_search_metrics(fixture_test_set):
+    records = DatasetCatalog.get(fixture_test_set)
+    results = _evaluate(OracleModel(records, wrong_queries=True), fixture_test_set, tiny_cfg(18))
+    assert results["det_AP"] == pytest.approx(100.0)  # detection is untouched
+    assert results["mAP"] < 60.0 and results["top1"] < 60.0
+
+
+def test_untrained_model_runs_end_to_end(fixture_test_set):
+    set_seed(0)
+    cfg = tiny_cfg(18)
+    model = build_model(cfg).eval()
+    results = _evaluate(model, fixture_test_set, cfg)
+    assert set(results) == {
+        "det_AP", "det_recall", "det_recall_labeled",
+        "mAP", "top1", "top5", "top10",
+    }
+    assert all(0.0 <= v <= 100.0 for v in results.values())
+
+
+def test_missing_predictions_are_an_error(fixture_test_set):
+    evaluator = PersonSearchEvaluator(fixture_test_set, distributed=False)
+    evaluator.reset()
+    with pytest.raises(RuntimeError, match=r"no prediction for 8 gallery images .* 4 queries"):
+        evaluator.evaluate()
