@@ -5,7 +5,7 @@ from setuptools import find_packages, setup
 setup(
     name="personsearch_kd",
     version="0.1.0",
-    description="End-to-end person search (OIM) with knowledge distillation, a detectron2 extension",
+    description="End-to-end person search (OIM) with knowledge distillation for detectron2",
     license="Apache-2.0",
     packages=find_packages(include=["personsearch_kd", "personsearch_kd.*"]),
     python_requires=">=3.9",

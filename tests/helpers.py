@@ -1,5 +1,6 @@
 # Copyright (c) personsearch_kd contributors. Licensed under the Apache License 2.0.
 """Small configs and synthetic person-search images shared by the detectron2 tests."""
+
 import json
 import os
 
@@ -25,20 +26,34 @@ def tiny_cfg(depth: int = 18, **overrides):
     cfg.merge_from_file(os.path.join(CONFIGS, "scratch", f"oim_R_{depth}_C4_scratch.yaml"))
     cfg.merge_from_list(
         [
-            "MODEL.DEVICE", "cpu",
-            "DATALOADER.NUM_WORKERS", 0,
-            "MODEL.OIM.NUM_IDS", NUM_IDS,
-            "MODEL.OIM.QUEUE_SIZE", 16,
-            "MODEL.RPN.PRE_NMS_TOPK_TRAIN", 400,
-            "MODEL.RPN.POST_NMS_TOPK_TRAIN", 100,
-            "MODEL.RPN.PRE_NMS_TOPK_TEST", 200,
-            "MODEL.RPN.POST_NMS_TOPK_TEST", 50,
-            "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", 32,
-            "MODEL.ROI_HEADS.SCORE_THRESH_TEST", 0.0,
-            "INPUT.MIN_SIZE_TRAIN", (128,),
-            "INPUT.MAX_SIZE_TRAIN", 200,
-            "INPUT.MIN_SIZE_TEST", 128,
-            "INPUT.MAX_SIZE_TEST", 200,
+            "MODEL.DEVICE",
+            "cpu",
+            "DATALOADER.NUM_WORKERS",
+            0,
+            "MODEL.OIM.NUM_IDS",
+            NUM_IDS,
+            "MODEL.OIM.QUEUE_SIZE",
+            16,
+            "MODEL.RPN.PRE_NMS_TOPK_TRAIN",
+            400,
+            "MODEL.RPN.POST_NMS_TOPK_TRAIN",
+            100,
+            "MODEL.RPN.PRE_NMS_TOPK_TEST",
+            200,
+            "MODEL.RPN.POST_NMS_TOPK_TEST",
+            50,
+            "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE",
+            32,
+            "MODEL.ROI_HEADS.SCORE_THRESH_TEST",
+            0.0,
+            "INPUT.MIN_SIZE_TRAIN",
+            (128,),
+            "INPUT.MAX_SIZE_TRAIN",
+            200,
+            "INPUT.MIN_SIZE_TEST",
+            128,
+            "INPUT.MAX_SIZE_TEST",
+            200,
         ]
     )
     for key, value in overrides.items():

@@ -1,5 +1,6 @@
 # Copyright (c) personsearch_kd contributors. Licensed under the Apache License 2.0.
-"""MOTChallenge person-search loader: a written fixture, malformed inputs, and the real mot15-ps-mini."""
+"""MOTChallenge person-search loader: a fixture, malformed inputs, the real mot15-ps-mini."""
+
 import json
 import os
 
@@ -55,16 +56,31 @@ def _break(tmp_path, seq, name, text):
 @pytest.mark.parametrize(
     "breakage, error, message",
     [
-        (lambda p: os.remove(p / "SEQ-A" / "gt" / "gt.txt"), FileNotFoundError,
-         r"SEQ-A/gt/gt.txt: missing ground-truth file"),
-        (lambda p: _break(p, "SEQ-A", "gt/gt.txt", "1,1,2,3,4,5\n"), ValueError,
-         r"gt.txt: expected 10 columns .* got 6"),
-        (lambda p: _break(p, "SEQ-A", "gt/gt.txt", "1,1,500,10,24,56,1,-1,-1,-1\n"), ValueError,
-         r"gt.txt: box of frame 1 id 1 .* outside the 176x128 image"),
-        (lambda p: _break(p, "SEQ-A", "seqinfo.ini", "[Sequence]\nname=SEQ-A\n"), KeyError,
-         r"SEQ-A/seqinfo.ini: section \[Sequence\] needs key 'imWidth'"),
-        (lambda p: os.remove(p / "SEQ-B" / "img1" / "000002.jpg"), FileNotFoundError,
-         r"SEQ-B/gt/gt.txt: frames \[2\] have boxes but no image"),
+        (
+            lambda p: os.remove(p / "SEQ-A" / "gt" / "gt.txt"),
+            FileNotFoundError,
+            r"SEQ-A/gt/gt.txt: missing ground-truth file",
+        ),
+        (
+            lambda p: _break(p, "SEQ-A", "gt/gt.txt", "1,1,2,3,4,5\n"),
+            ValueError,
+            r"gt.txt: expected 10 columns .* got 6",
+        ),
+        (
+            lambda p: _break(p, "SEQ-A", "gt/gt.txt", "1,1,500,10,24,56,1,-1,-1,-1\n"),
+            ValueError,
+            r"gt.txt: box of frame 1 id 1 .* outside the 176x128 image",
+        ),
+        (
+            lambda p: _break(p, "SEQ-A", "seqinfo.ini", "[Sequence]\nname=SEQ-A\n"),
+            KeyError,
+            r"SEQ-A/seqinfo.ini: section \[Sequence\] needs key 'imWidth'",
+        ),
+        (
+            lambda p: os.remove(p / "SEQ-B" / "img1" / "000002.jpg"),
+            FileNotFoundError,
+            r"SEQ-B/gt/gt.txt: frames \[2\] have boxes but no image",
+        ),
     ],
 )
 def test_malformed_inputs_name_file_and_field(tmp_path, breakage, error, message):

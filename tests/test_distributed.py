@@ -1,5 +1,6 @@
 # Copyright (c) personsearch_kd contributors. Licensed under the Apache License 2.0.
 """Two CPU processes (gloo, detectron2's launch) train under DDP and keep identical OIM memories."""
+
 import os
 
 import pytest

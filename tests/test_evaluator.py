@@ -1,5 +1,6 @@
 # Copyright (c) personsearch_kd contributors. Licensed under the Apache License 2.0.
 """PersonSearchEvaluator through detectron2's inference loop, on a written MOT fixture."""
+
 import json
 
 import pytest
@@ -9,7 +10,11 @@ pytest.importorskip("detectron2")
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
-from detectron2.data import DatasetCatalog, MetadataCatalog, build_detection_test_loader  # noqa: E402
+from detectron2.data import (
+    DatasetCatalog,
+    MetadataCatalog,
+    build_detection_test_loader,
+)  # noqa: E402
 from detectron2.evaluation import inference_on_dataset  # noqa: E402
 from detectron2.modeling import build_model  # noqa: E402
 from detectron2.structures import Boxes, Instances  # noqa: E402
@@ -94,8 +99,13 @@ def test_untrained_model_runs_end_to_end(fixture_test_set):
     model = build_model(cfg).eval()
     results = _evaluate(model, fixture_test_set, cfg)
     assert set(results) == {
-        "det_AP", "det_recall", "det_recall_labeled",
-        "mAP", "top1", "top5", "top10",
+        "det_AP",
+        "det_recall",
+        "det_recall_labeled",
+        "mAP",
+        "top1",
+        "top5",
+        "top10",
     }
     assert all(0.0 <= v <= 100.0 for v in results.values())
 

@@ -1,5 +1,6 @@
 # Copyright (c) personsearch_kd contributors. Licensed under the Apache License 2.0.
 """Search and detection metrics (pure numpy) against values derived by hand."""
+
 import math
 
 import numpy as np

@@ -1,5 +1,6 @@
 # Copyright (c) personsearch_kd contributors. Licensed under the Apache License 2.0.
-"""Whole PersonSearchRCNN models (R18 and R50 C4): training step, inference, query mode, checkpoints."""
+"""PersonSearchRCNN R18 and R50 C4: training step, inference, query mode, checkpoints."""
+
 import pytest
 
 pytest.importorskip("detectron2")

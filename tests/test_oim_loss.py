@@ -1,5 +1,6 @@
 # Copyright (c) personsearch_kd contributors. Licensed under the Apache License 2.0.
 """OIM loss core (pure torch): runs without detectron2."""
+
 import io
 import math
 

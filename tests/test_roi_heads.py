@@ -1,5 +1,6 @@
 # Copyright (c) personsearch_kd contributors. Licensed under the Apache License 2.0.
 """OIMROIHeads on random features; the LazyConfig model; the dataset mapper."""
+
 import os
 
 import pytest
@@ -136,7 +137,11 @@ def test_mapper_carries_person_ids_through_flip(tmp_path):
 
 @pytest.mark.parametrize(
     "person_id, message",
-    [(None, "person_id=None"), (6, r"person_id=6; expected an int in \[0, 6\)"), (-2, "person_id=-2")],
+    [
+        (None, "person_id=None"),
+        (6, r"person_id=6; expected an int in \[0, 6\)"),
+        (-2, "person_id=-2"),
+    ],
 )
 def test_mapper_rejects_bad_person_ids_naming_file_and_field(tmp_path, person_id, message):
     cfg = tiny_cfg(18)

@@ -1,5 +1,6 @@
 # Copyright (c) personsearch_kd contributors. Licensed under the Apache License 2.0.
 """tools/train_net.py end to end on a tiny registered dataset: train, checkpoint, resume."""
+
 import importlib.util
 import json
 import os
@@ -45,15 +46,24 @@ def test_train_then_resume_keeps_oim_memory(tmp_path, tiny_dataset):
     config_file.write_text(tiny_cfg(18).dump())
     output_dir = tmp_path / "output"
     common = [
-        "DATASETS.TRAIN", f"('{tiny_dataset}',)",
-        "DATASETS.TEST", "()",
-        "DATALOADER.NUM_WORKERS", "0",
-        "SOLVER.IMS_PER_BATCH", "2",
-        "SOLVER.BASE_LR", "0.01",
-        "SOLVER.WARMUP_ITERS", "0",
-        "SOLVER.STEPS", "()",
-        "SOLVER.CHECKPOINT_PERIOD", "1000",
-        "OUTPUT_DIR", str(output_dir),
+        "DATASETS.TRAIN",
+        f"('{tiny_dataset}',)",
+        "DATASETS.TEST",
+        "()",
+        "DATALOADER.NUM_WORKERS",
+        "0",
+        "SOLVER.IMS_PER_BATCH",
+        "2",
+        "SOLVER.BASE_LR",
+        "0.01",
+        "SOLVER.WARMUP_ITERS",
+        "0",
+        "SOLVER.STEPS",
+        "()",
+        "SOLVER.CHECKPOINT_PERIOD",
+        "1000",
+        "OUTPUT_DIR",
+        str(output_dir),
     ]
     parser = default_argument_parser()
     args = parser.parse_args(["--config-file", str(config_file), *common, "SOLVER.MAX_ITER", "2"])

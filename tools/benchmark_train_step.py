@@ -8,6 +8,7 @@ images with persons, and print a Markdown table. Nothing is read from disk but t
         configs/scratch/oim_R_50_C4_scratch.yaml --height 576 --width 768 --batch 2 \
         MODEL.DEVICE cpu
 """
+
 import argparse
 import resource
 import statistics

@@ -4,6 +4,7 @@
 personsearch_kd training script: detectron2's usual CLI (--config-file, --num-gpus, --num-machines,
 --resume, --eval-only, trailing KEY VALUE opts).
 """
+
 import os
 
 from detectron2.checkpoint import DetectionCheckpointer

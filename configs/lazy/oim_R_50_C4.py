@@ -4,6 +4,7 @@ OIM R50-C4 as a LazyConfig model, the counterpart of configs/oim_R_50_C4.yaml fo
 detectron2's LazyConfig system: ``instantiate(LazyConfig.load(this_file).model)``.
 Identity settings live in ``model.roi_heads.oim_loss`` (num_ids, queue_size, ...).
 """
+
 from detectron2.config import LazyCall as L
 from detectron2.layers import ShapeSpec
 from detectron2.modeling.anchor_generator import DefaultAnchorGenerator
@@ -44,7 +45,9 @@ model = L(PersonSearchRCNN)(
         num_classes=1,
         batch_size_per_image=128,
         positive_fraction=0.5,
-        proposal_matcher=L(Matcher)(thresholds=[0.5], labels=[0, 1], allow_low_quality_matches=False),
+        proposal_matcher=L(Matcher)(
+            thresholds=[0.5], labels=[0, 1], allow_low_quality_matches=False
+        ),
         in_features=["res4"],
         pooler=L(ROIPooler)(
             output_size=14, scales=(1.0 / 16,), sampling_ratio=0, pooler_type="ROIAlignV2"

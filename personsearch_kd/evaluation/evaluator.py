@@ -71,7 +71,9 @@ class PersonSearchEvaluator(DatasetEvaluator):
             else:
                 annos = r["annotations"]
                 self._ground_truth[r["image_id"]] = {
-                    "gt_boxes": np.array([a["bbox"] for a in annos], dtype=np.float64).reshape(-1, 4),
+                    "gt_boxes": np.array([a["bbox"] for a in annos], dtype=np.float64).reshape(
+                        -1, 4
+                    ),
                     "gt_pids": np.array([a["person_id"] for a in annos], dtype=np.int64),
                     "cam_id": r.get("cam_id"),
                 }
@@ -151,8 +153,9 @@ class PersonSearchEvaluator(DatasetEvaluator):
         logger.info(
             f"Person search on {self._dataset_name} ({len(gallery)} gallery images, "
             f"{len(queries)} queries), in %:\n"
-            + tabulate([list(results.values())], headers=list(results), floatfmt=".2f",
-                       tablefmt="pipe")
+            + tabulate(
+                [list(results.values())], headers=list(results), floatfmt=".2f", tablefmt="pipe"
+            )
         )
         return OrderedDict(person_search=results)
 
@@ -174,4 +177,3 @@ class PersonSearchEvaluator(DatasetEvaluator):
         with open(path, "w") as f:
             json.dump(per_protocol, f)
         logger.info(f"Per-query search results written to {path}")
-

@@ -9,6 +9,7 @@ IoU >= min(0.5, w*h / ((w+10)*(h+10))) to that person's box is a positive; AP is
 scaled by the fraction of the gallery images holding the person that were found; top-k says
 whether a positive is among the k most similar detections.
 """
+
 from typing import Dict, Iterable, List, Sequence
 
 import numpy as np

@@ -7,6 +7,7 @@ queue of unlabeled features used only as negatives.
 
 Pure torch: no detectron2 import, so the loss can be reused and tested on its own.
 """
+
 from typing import Optional
 
 import torch
@@ -103,7 +104,8 @@ class OIMLoss(nn.Module):
 
         Returns:
             Tensor: scalar, the mean cross-entropy over the labeled boxes of
-            ``scalar * feats @ [LUT; queue]^T`` (0, still attached to ``feats``, if none is labeled).
+            ``scalar * feats @ [LUT; queue]^T``; 0 (still attached to ``feats``) if none is
+            labeled.
         """
         labeled = pids >= 0
         if not labeled.any():

@@ -4,6 +4,7 @@ Registration of person-search datasets in detectron2's DatasetCatalog / Metadata
 Built-in names are registered on import, under $DETECTRON2_DATASETS (default "datasets");
 see datasets/README.md for the folder layouts.
 """
+
 import os
 
 from detectron2.data import DatasetCatalog, MetadataCatalog

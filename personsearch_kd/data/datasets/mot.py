@@ -14,6 +14,7 @@ query when they coincide). Gallery: every test frame of every sequence except th
 MOT15 gt rows are ``frame, id, x, y, w, h, flag, wx, wy, wz``; MOT16/17/20 rows are
 ``frame, id, x, y, w, h, flag, class, visibility``, of which only class 1 (pedestrian) is a person.
 """
+
 import configparser
 import json
 import logging
@@ -197,13 +198,13 @@ def _queries(seq, s, rows, frames, ids, records, per_id):
             row = mine[index]
             image = by_image_id[f"{seq}/{int(row[0]):06d}"]
             out.append(
-                {
-                    key: image[key]
-                    for key in ("file_name", "height", "width", "image_id", "cam_id")
-                }
+                {key: image[key] for key in ("file_name", "height", "width", "image_id", "cam_id")}
                 # No annotations: the query's frame is described by its gallery dict.
-                | {"query_boxes": [row[2:6].tolist()], "query_pid": ids[(seq, track)],
-                   "annotations": []}
+                | {
+                    "query_boxes": [row[2:6].tolist()],
+                    "query_pid": ids[(seq, track)],
+                    "annotations": [],
+                }
             )
     return out
 
