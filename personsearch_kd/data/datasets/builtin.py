@@ -9,7 +9,9 @@ import os
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
+from .cuhk_sysu import register_cuhk_sysu
 from .mot import load_mot_person_search
+from .prw import register_prw
 
 __all__ = ["register_mot_person_search"]
 
@@ -40,7 +42,14 @@ def register_mot_person_search(name: str, root: str, split_file: str = None):
 
 
 def register_all(root: str):
+    register_cuhk_sysu("cuhk_sysu", os.path.join(root, "cuhk_sysu"))
     register_mot_person_search("mot15_ps_mini", os.path.join(root, "mot15-ps-mini"))
+    prw_root = os.path.join(root, "prw")
+    register_prw("prw", prw_root)
+    # PRW-mini only swaps the query list; it has no training set of its own.
+    register_prw("prw_mini", prw_root, os.path.join(prw_root, "prwmini_query_info.txt"))
+    DatasetCatalog.remove("prw_mini_train")
+    MetadataCatalog.remove("prw_mini_train")
 
 
 register_all(os.path.expanduser(os.getenv("DETECTRON2_DATASETS", "datasets")))
