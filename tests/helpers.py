@@ -145,3 +145,16 @@ def write_mot_fixture(root, frames=8, tracks=((1, 2, 3), (1, 2))):
     with open(path, "w") as f:
         json.dump(spec, f)
     return path
+
+
+def end_distributed_worker():
+    """
+    Wait for every rank, then tear the process groups down. detectron2's launch leaves them to
+    interpreter exit, where a rank that finishes first can abort on a live gloo thread.
+    """
+    import torch.distributed as dist
+
+    from detectron2.utils import comm
+
+    comm.synchronize()
+    dist.destroy_process_group()

@@ -15,7 +15,13 @@ from detectron2.modeling import build_model  # noqa: E402
 from detectron2.utils import comm  # noqa: E402
 from detectron2.utils.events import EventStorage  # noqa: E402
 
-from helpers import model_inputs, set_seed, synthetic_record, tiny_cfg  # noqa: E402
+from helpers import (
+    end_distributed_worker,
+    model_inputs,
+    set_seed,
+    synthetic_record,
+    tiny_cfg,
+)  # noqa: E402
 
 # Each rank sees its own identities, so a rank that did not gather would miss the other's rows.
 RANK_PIDS = {0: [[0, 1, -1], [1, -1]], 1: [[2, 3, -1], [3, 2]]}
@@ -40,6 +46,7 @@ def _train_two_steps_and_save_memory(out_dir):
             optimizer.step()
     oim = model.module.roi_heads.oim_loss
     torch.save(dict(oim.state_dict()), os.path.join(out_dir, f"memory_rank{rank}.pth"))
+    end_distributed_worker()
 
 
 def test_ddp_ranks_end_with_identical_lut_and_queue(tmp_path):

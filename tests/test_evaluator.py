@@ -2,6 +2,7 @@
 """PersonSearchEvaluator through detectron2's inference loop, on a written MOT fixture."""
 
 import json
+import os
 
 import pytest
 
@@ -15,6 +16,7 @@ from detectron2.data import (
     MetadataCatalog,
     build_detection_test_loader,
 )  # noqa: E402
+from detectron2.engine import launch  # noqa: E402
 from detectron2.evaluation import inference_on_dataset  # noqa: E402
 from detectron2.modeling import build_model  # noqa: E402
 from detectron2.structures import Boxes, Instances  # noqa: E402
@@ -22,7 +24,7 @@ from detectron2.structures import Boxes, Instances  # noqa: E402
 from personsearch_kd.data.datasets import register_mot_person_search  # noqa: E402
 from personsearch_kd.evaluation import PersonSearchEvaluator  # noqa: E402
 
-from helpers import set_seed, tiny_cfg, write_mot_fixture  # noqa: E402
+from helpers import end_distributed_worker, set_seed, tiny_cfg, write_mot_fixture  # noqa: E402
 
 
 @pytest.fixture
@@ -115,3 +117,37 @@ def test_missing_predictions_are_an_error(fixture_test_set):
     evaluator.reset()
     with pytest.raises(RuntimeError, match=r"no prediction for 8 gallery images .* 4 queries"):
         evaluator.evaluate()
+
+
+def _evaluate_on_two_ranks(dataset_name, split_file, out_file):
+    from detectron2.utils import comm
+
+    # Each process registers the set itself (spawned workers start from a fresh catalog).
+    if dataset_name not in DatasetCatalog.list():
+        register_mot_person_search(
+            dataset_name[: -len("_test")], os.path.dirname(split_file), split_file
+        )
+    records = DatasetCatalog.get(dataset_name)
+    cfg = tiny_cfg(18)
+    # detectron2's test loader gives each rank a disjoint part of the test set.
+    loader = build_detection_test_loader(cfg, dataset_name)
+    results = inference_on_dataset(
+        OracleModel(records), loader, PersonSearchEvaluator(dataset_name)
+    )
+    if comm.is_main_process():
+        with open(out_file, "w") as f:
+            json.dump(results["person_search"], f)
+    else:
+        assert results == {}
+    end_distributed_worker()
+
+
+def test_distributed_evaluation_gathers_on_the_main_process(fixture_test_set, tmp_path):
+    launch(
+        _evaluate_on_two_ranks,
+        num_gpus_per_machine=2,
+        dist_url="auto",
+        args=(fixture_test_set, str(tmp_path / "split.json"), str(tmp_path / "results.json")),
+    )
+    results = json.load(open(tmp_path / "results.json"))
+    assert results["mAP"] == pytest.approx(100.0) and results["det_AP"] == pytest.approx(100.0)

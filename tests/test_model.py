@@ -37,10 +37,10 @@ def _train_step(model, inputs, lr=0.01):
     return losses
 
 
-@pytest.mark.parametrize("depth", [18, 50])
-def test_training_step_updates_lut_rows_of_seen_ids(depth, records):
+@pytest.mark.parametrize("depth, norm", [(18, "BN"), (50, "BN"), (18, "GN")])
+def test_training_step_updates_lut_rows_of_seen_ids(depth, norm, records):
     set_seed(0)
-    cfg = tiny_cfg(depth)
+    cfg = tiny_cfg(depth, **{"MODEL.RESNETS.NORM": norm})
     model = build_model(cfg)
     oim = model.roi_heads.oim_loss
     assert not oim.lut.any()
