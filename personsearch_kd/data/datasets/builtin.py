@@ -12,10 +12,9 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from .cuhk_sysu import register_cuhk_sysu
 from .mot import load_mot_person_search
 from .prw import register_prw
+from .records import set_metadata
 
 __all__ = ["register_mot_person_search"]
-
-PERSON_SEARCH_EVALUATOR = "person_search"
 
 
 def register_mot_person_search(name: str, root: str, split_file: str = None):
@@ -31,14 +30,8 @@ def register_mot_person_search(name: str, root: str, split_file: str = None):
             f"{name}_{split}",
             lambda split=split: load_mot_person_search(root, split_file, split),
         )
-        MetadataCatalog.get(f"{name}_{split}").set(
-            thing_classes=["person"],
-            image_root=root,
-            split_file=split_file,
-            evaluator_type=PERSON_SEARCH_EVALUATOR,
-            # Every sequence is one camera; the literature reports all-camera search here.
-            search_protocols=("all",),
-        )
+        # Every sequence is one camera: all-camera search only.
+        set_metadata(f"{name}_{split}", ("all",), image_root=root, split_file=split_file)
 
 
 def register_all(root: str):

@@ -22,8 +22,9 @@ import numpy as np
 from PIL import Image
 from scipy.io import loadmat
 
-from detectron2.data import DatasetCatalog, MetadataCatalog
-from detectron2.structures import BoxMode
+from detectron2.data import DatasetCatalog
+
+from .records import person_annotation, query_record, set_metadata
 
 __all__ = ["GALLERY_SIZES", "load_cuhk_sysu", "register_cuhk_sysu"]
 
@@ -178,15 +179,7 @@ def _image_record(root: str, name: str, boxes: Dict, pids: Dict) -> Dict:
         "height": height,
         "width": width,
         "image_id": name,
-        "annotations": [
-            {
-                "bbox": b.tolist(),
-                "bbox_mode": BoxMode.XYXY_ABS,
-                "category_id": 0,
-                "person_id": int(p),
-            }
-            for b, p in zip(xyxy, pids[name])
-        ],
+        "annotations": [person_annotation(b.tolist(), p) for b, p in zip(xyxy, pids[name])],
     }
 
 
@@ -210,16 +203,7 @@ def _queries(root: str, gallery_size: int, images: Dict) -> List[Dict]:
                 f"{path}: query {qid} ({name}, box {[x, y, w, h]}) is not identity {qid} of "
                 "TestG50.mat: the protocol files disagree on the query order"
             )
-        queries.append(
-            {key: image[key] for key in ("file_name", "height", "width", "image_id")}
-            | {
-                "query_boxes": [[x, y, x + w, y + h]],
-                "query_pid": qid,
-                "query_id": qid,
-                "gallery": gallery,
-                "annotations": [],
-            }
-        )
+        queries.append(query_record(image, [x, y, x + w, y + h], qid, qid, gallery=gallery))
     return queries
 
 
@@ -234,10 +218,9 @@ def register_cuhk_sysu(name: str, root: str):
         DatasetCatalog.register(
             dataset_name, lambda split=split, size=size: load_cuhk_sysu(root, split, size)
         )
-        MetadataCatalog.get(dataset_name).set(
-            thing_classes=["person"],
+        set_metadata(
+            dataset_name,
+            ("all",),
             image_root=os.path.join(root, "Image", "SSM"),
-            evaluator_type="person_search",
-            search_protocols=("all",),
             gallery_size=size if split == "test" else None,
         )

@@ -23,7 +23,7 @@ from typing import Dict, List
 
 import numpy as np
 
-from detectron2.structures import BoxMode
+from .records import person_annotation, query_record
 
 __all__ = ["read_seqinfo", "read_mot_gt", "load_mot_person_search", "mot_split_statistics"]
 
@@ -167,24 +167,21 @@ def load_mot_person_search(root: str, split_file: str, split: str) -> List[Dict]
                 "image_id": f"{seq}/{frame:06d}",
                 "cam_id": seq,
                 "annotations": [
-                    {
-                        "bbox": row[2:6].tolist(),
-                        "bbox_mode": BoxMode.XYXY_ABS,
-                        "category_id": 0,
-                        "person_id": ids[(seq, int(row[1]))] if int(row[1]) in labeled else -1,
-                    }
+                    person_annotation(
+                        row[2:6].tolist(),
+                        ids[(seq, int(row[1]))] if int(row[1]) in labeled else -1,
+                    )
                     for row in frame_rows
                 ],
             }
             records.append(record)
         if split == "test":
-            queries.extend(_queries(seq, s, rows, frames, ids, records, spec["queries"]["per_id"]))
-    for i, query in enumerate(queries):
-        query["query_id"] = i
+            per_id = spec["queries"]["per_id"]
+            queries += _queries(seq, s, rows, frames, ids, records, per_id, len(queries))
     return records + queries
 
 
-def _queries(seq, s, rows, frames, ids, records, per_id):
+def _queries(seq, s, rows, frames, ids, records, per_id, first_query_id):
     by_image_id = {r["image_id"]: r for r in records}
     frame_set = set(frames)
     out = []
@@ -198,13 +195,7 @@ def _queries(seq, s, rows, frames, ids, records, per_id):
             row = mine[index]
             image = by_image_id[f"{seq}/{int(row[0]):06d}"]
             out.append(
-                {key: image[key] for key in ("file_name", "height", "width", "image_id", "cam_id")}
-                # No annotations: the query's frame is described by its gallery dict.
-                | {
-                    "query_boxes": [row[2:6].tolist()],
-                    "query_pid": ids[(seq, track)],
-                    "annotations": [],
-                }
+                query_record(image, row[2:6].tolist(), ids[(seq, track)], first_query_id + len(out))
             )
     return out
 

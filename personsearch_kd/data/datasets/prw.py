@@ -29,8 +29,9 @@ import numpy as np
 import scipy.io
 from PIL import Image
 
-from detectron2.data import DatasetCatalog, MetadataCatalog
-from detectron2.structures import BoxMode
+from detectron2.data import DatasetCatalog
+
+from .records import person_annotation, query_record, set_metadata
 
 __all__ = ["read_prw_frames", "read_prw_annotation", "read_prw_queries", "load_prw", "register_prw"]
 
@@ -208,13 +209,7 @@ def load_prw(root: str, split: str, query_file: str = None) -> List[Dict]:
         {key: f[key] for key in ("file_name", "height", "width", "image_id", "cam_id")}
         | {
             "annotations": [
-                {
-                    "bbox": row[1:5].tolist(),
-                    "bbox_mode": BoxMode.XYXY_ABS,
-                    "category_id": 0,
-                    "person_id": ids.get(int(row[0]), -1),
-                }
-                for row in f["rows"]
+                person_annotation(row[1:5].tolist(), ids.get(int(row[0]), -1)) for row in f["rows"]
             ]
         }
         for f in frames
@@ -238,11 +233,7 @@ def _queries(path, queries, ids, present, records):
         if frame not in by_image_id:
             raise ValueError(f"{path}:{lineno}: query frame {frame!r} is not in the test split")
         image = by_image_id[frame]
-        out.append(
-            {key: image[key] for key in ("file_name", "height", "width", "image_id", "cam_id")}
-            # No annotations: the query's frame is described by its gallery dict.
-            | {"query_boxes": [box], "query_pid": ids[pid], "query_id": len(out), "annotations": []}
-        )
+        out.append(query_record(image, box, ids[pid], len(out)))
     return out
 
 
@@ -256,12 +247,10 @@ def register_prw(name: str, root: str, query_file: str = None):
         DatasetCatalog.register(
             f"{name}_{split}", lambda split=split: load_prw(root, split, query_file)
         )
-        MetadataCatalog.get(f"{name}_{split}").set(
-            thing_classes=["person"],
+        # PRW has 6 cameras; the literature reports both all-camera and cross-camera search.
+        set_metadata(
+            f"{name}_{split}",
+            ("all", "cross_camera"),
             image_root=os.path.join(root, "frames"),
             query_file=query_file or os.path.join(root, "query_info.txt"),
-            # Not builtin.PERSON_SEARCH_EVALUATOR: builtin imports this module (no cycle).
-            evaluator_type="person_search",
-            # PRW has 6 cameras; the literature reports both all-camera and cross-camera search.
-            search_protocols=("all", "cross_camera"),
         )
