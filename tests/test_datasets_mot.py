@@ -113,3 +113,28 @@ def test_mot15_ps_mini_reproduces_its_readme_counts():
     assert train["boxes"] + test["boxes"] == 929 + 1156
     assert (train["labeled_ids"], test["labeled_ids"]) == (13, 16)
     assert (train["queries"], test["queries"]) == (0, 32)
+
+
+def test_shipped_sample_is_every_second_frame_of_mot15_ps_mini():
+    """datasets/mot15-ps-sample (the quickstart's data, in the repository): its README's counts,
+    and every box equal to mot15-ps-mini's box of the same frame and identity."""
+    sample = os.path.join(REPO_ROOT, "datasets", "mot15-ps-sample")
+    split = os.path.join(sample, "split.json")
+    train_records = load_mot_person_search(sample, split, "train")
+    test_records = load_mot_person_search(sample, split, "test")
+    train, test = mot_split_statistics(train_records), mot_split_statistics(test_records)
+    assert (train["images"], test["images"]) == (40 + 45, 40 + 45)
+    assert (train["labeled_ids"], test["labeled_ids"]) == (13, 16)
+    assert (train["queries"], test["queries"]) == (0, 32)
+    full = {
+        r["image_id"]: r
+        for r in load_mot_person_search(
+            MOT15_PS_MINI, os.path.join(MOT15_PS_MINI, "split.json"), "train"
+        )
+    }
+    for r in train_records:
+        assert [a["bbox"] for a in r["annotations"]] == [
+            a["bbox"] for a in full[r["image_id"]]["annotations"]
+        ]
+    assert os.path.getsize(os.path.join(sample, "README.md")) > 0
+    assert "CC BY-NC-SA 3.0" in open(os.path.join(sample, "README.md")).read()

@@ -37,6 +37,8 @@ def register_mot_person_search(name: str, root: str, split_file: str = None):
 def register_all(root: str):
     register_cuhk_sysu("cuhk_sysu", os.path.join(root, "cuhk_sysu"))
     register_mot_person_search("mot15_ps_mini", os.path.join(root, "mot15-ps-mini"))
+    # The 10 MB subset of mot15-ps-mini shipped in the repository's datasets/ (the quickstart).
+    register_mot_person_search("mot15_ps_sample", os.path.join(root, "mot15-ps-sample"))
     prw_root = os.path.join(root, "prw")
     register_prw("prw", prw_root)
     # PRW-mini only swaps the query list; it has no training set of its own.
