@@ -4,6 +4,7 @@ personsearch_kd: end-to-end person search (OIM) with knowledge distillation, as 
 extension. ``import personsearch_kd`` registers its models; the pure torch/numpy cores
 (``personsearch_kd.layers``) also import without detectron2.
 """
+
 from importlib.util import find_spec
 
 __version__ = "0.1.0"

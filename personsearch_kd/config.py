@@ -36,3 +36,7 @@ def add_personsearch_config(cfg):
     _C.TEST.PERSON_SEARCH.SEARCH_SCORE_THRESH = 0.5
     # Detections scoring below this are not counted for detection AP / recall (0.01 as in SeqNet).
     _C.TEST.PERSON_SEARCH.DETECTION_SCORE_THRESH = 0.01
+    # Draw the ranked top-VIS_TOPK matches of the first VIS_QUERIES queries into
+    # <OUTPUT_DIR>/inference/<dataset>/ranked_matches/ at each evaluation (0 = none).
+    _C.TEST.PERSON_SEARCH.VIS_QUERIES = 4
+    _C.TEST.PERSON_SEARCH.VIS_TOPK = 5

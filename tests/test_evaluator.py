@@ -8,6 +8,7 @@ import pytest
 
 pytest.importorskip("detectron2")
 
+import cv2  # noqa: E402
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
@@ -17,12 +18,15 @@ from detectron2.data import (
     build_detection_test_loader,
 )  # noqa: E402
 from detectron2.engine import launch  # noqa: E402
-from detectron2.evaluation import inference_on_dataset  # noqa: E402
+from detectron2.evaluation import DatasetEvaluators, inference_on_dataset  # noqa: E402
 from detectron2.modeling import build_model  # noqa: E402
 from detectron2.structures import Boxes, Instances  # noqa: E402
 
 from personsearch_kd.data.datasets import register_mot_person_search  # noqa: E402
-from personsearch_kd.evaluation import PersonSearchEvaluator  # noqa: E402
+from personsearch_kd.evaluation import (  # noqa: E402
+    PersonSearchEvaluator,
+    RandomFeatureEvaluator,
+)
 
 from helpers import end_distributed_worker, set_seed, tiny_cfg, write_mot_fixture  # noqa: E402
 
@@ -69,15 +73,17 @@ class OracleModel(nn.Module):
         return outputs
 
 
-def _evaluate(model, dataset_name, cfg, output_dir=None):
+def _evaluate(model, dataset_name, cfg, output_dir=None, **kwargs):
     loader = build_detection_test_loader(cfg, dataset_name)
-    evaluator = PersonSearchEvaluator(dataset_name, output_dir=output_dir)
+    evaluator = PersonSearchEvaluator(dataset_name, output_dir=output_dir, **kwargs)
     return inference_on_dataset(model, loader, evaluator)["person_search"]
 
 
 def test_oracle_scores_100_percent_and_writes_ranked_matches(fixture_test_set, tmp_path):
     records = DatasetCatalog.get(fixture_test_set)
-    results = _evaluate(OracleModel(records), fixture_test_set, tiny_cfg(18), str(tmp_path))
+    results = _evaluate(
+        OracleModel(records), fixture_test_set, tiny_cfg(18), str(tmp_path), vis_queries=2
+    )
     for key in ("det_AP", "det_recall", "det_recall_labeled"):
         assert results[key] == pytest.approx(100.0), key
     for key in ("mAP", "top1", "top5", "top10"):
@@ -86,6 +92,11 @@ def test_oracle_scores_100_percent_and_writes_ranked_matches(fixture_test_set, t
     assert len(per_query) == 4
     # Query 0 (SEQ-A id 3, frame 5): its person is in the 3 other test frames of SEQ-A.
     assert per_query[0]["count_gt"] == 3 and per_query[0]["ranked"][0][3] is True
+    # Pictures of the first 2 queries: query panel + top-5 panels (all correct ones first).
+    pictures = sorted(os.listdir(tmp_path / "ranked_matches"))
+    assert pictures == ["0.jpg", "1.jpg"]
+    picture = cv2.imread(str(tmp_path / "ranked_matches" / "0.jpg"))
+    assert picture.shape[0] == 256 + 28 and picture.shape[1] > 6 * 100
 
 
 def test_wrong_query_features_lower_the_search_metrics(fixture_test_set):
@@ -151,3 +162,20 @@ def test_distributed_evaluation_gathers_on_the_main_process(fixture_test_set, tm
     )
     results = json.load(open(tmp_path / "results.json"))
     assert results["mAP"] == pytest.approx(100.0) and results["det_AP"] == pytest.approx(100.0)
+
+
+def test_random_features_keep_detection_and_lower_search(fixture_test_set, tmp_path):
+    records = DatasetCatalog.get(fixture_test_set)
+    loader = build_detection_test_loader(tiny_cfg(18), fixture_test_set)
+    evaluators = DatasetEvaluators(
+        [
+            PersonSearchEvaluator(fixture_test_set),
+            RandomFeatureEvaluator(PersonSearchEvaluator(fixture_test_set), seed=3),
+        ]
+    )
+    results = inference_on_dataset(OracleModel(records), loader, evaluators)
+    real, chance = results["person_search"], results["person_search_random_features"]
+    for key in ("det_AP", "det_recall", "det_recall_labeled"):
+        assert chance[key] == real[key], key
+    assert real["mAP"] == pytest.approx(100.0)
+    assert chance["mAP"] < 90.0

@@ -5,14 +5,17 @@ import os
 from collections import OrderedDict
 from typing import Dict, List, Optional
 
+import cv2
 import numpy as np
 import torch
 from tabulate import tabulate
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.data.detection_utils import read_image
 from detectron2.evaluation import DatasetEvaluator
 from detectron2.utils import comm
 
+from ..utils.visualization import draw_ranked_matches
 from .metrics import detection_metrics, search_metrics
 
 __all__ = ["PersonSearchEvaluator"]
@@ -47,6 +50,8 @@ class PersonSearchEvaluator(DatasetEvaluator):
         detection_score_thresh: float = 0.01,
         distributed: bool = True,
         output_dir: Optional[str] = None,
+        vis_queries: int = 0,
+        vis_topk: int = 5,
     ):
         """
         Args:
@@ -55,16 +60,22 @@ class PersonSearchEvaluator(DatasetEvaluator):
             detection_score_thresh: detections scoring less are not counted for detection AP.
             distributed: gather the predictions of every process on the main one.
             output_dir: where to write ``search_results.json`` (per-query AP and ranked matches).
+            vis_queries: also write the ranked-matches picture of this many queries (the first
+                by query id) to ``<output_dir>/ranked_matches/``.
+            vis_topk: matches per picture.
         """
         self._dataset_name = dataset_name
         self._search_thresh = search_score_thresh
         self._detection_thresh = detection_score_thresh
         self._distributed = distributed
         self._output_dir = output_dir
+        self._vis_queries = vis_queries
+        self._vis_topk = vis_topk
         self._protocols = MetadataCatalog.get(dataset_name).get("search_protocols", ("all",))
         records = DatasetCatalog.get(dataset_name)
         self._ground_truth = {}
         self._query_records = {}
+        self._file_names = {r["image_id"]: r["file_name"] for r in records}
         for r in records:
             if "query_boxes" in r:
                 self._query_records[r["query_id"]] = r
@@ -149,6 +160,7 @@ class PersonSearchEvaluator(DatasetEvaluator):
                 results[key + suffix] = search[key]
             per_protocol[protocol] = search["per_query"]
         self._write(per_protocol)
+        self._draw(queries, per_protocol[self._protocols[0]])
         results = OrderedDict((k, 100.0 * v) for k, v in results.items())
         logger.info(
             f"Person search on {self._dataset_name} ({len(gallery)} gallery images, "
@@ -177,3 +189,30 @@ class PersonSearchEvaluator(DatasetEvaluator):
         with open(path, "w") as f:
             json.dump(per_protocol, f)
         logger.info(f"Per-query search results written to {path}")
+
+    def _draw(self, queries, per_query):
+        if not self._output_dir or self._vis_queries <= 0:
+            return
+        folder = os.path.join(self._output_dir, "ranked_matches")
+        os.makedirs(folder, exist_ok=True)
+        query_ids = sorted(self._query_records)[: self._vis_queries]
+        for qid, query, result in zip(query_ids, queries, per_query):
+            record = self._query_records[qid]
+            matches = [
+                {
+                    "image": read_image(self._file_names[image_id], format="RGB"),
+                    "box": box,
+                    "score": score,
+                    "is_match": is_match,
+                }
+                for image_id, box, score, is_match in result["ranked"][: self._vis_topk]
+            ]
+            picture = draw_ranked_matches(
+                read_image(record["file_name"], format="RGB"),
+                record["query_boxes"][0],
+                matches,
+                title=f"query {qid} (AP {100 * result['ap']:.1f})",
+            )
+            name = "".join(c if c.isalnum() or c in "-_" else "_" for c in str(qid))
+            cv2.imwrite(os.path.join(folder, f"{name}.jpg"), picture[:, :, ::-1])
+        logger.info(f"Ranked matches of {len(query_ids)} queries drawn in {folder}")
