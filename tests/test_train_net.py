@@ -76,6 +76,8 @@ def test_train_then_resume_keeps_oim_memory(tmp_path, tiny_dataset):
     metrics = [json.loads(line) for line in (output_dir / "metrics.json").read_text().splitlines()]
     assert all(torch.isfinite(torch.tensor(m["loss_oim"])) for m in metrics if "loss_oim" in m)
     assert any("loss_oim" in m for m in metrics)
+    # The PeakMemory hook puts the peak RSS (CPU) into metrics.json.
+    assert all(m["peak_mem_gb"] > 0.1 for m in metrics)
 
     resumed_args = parser.parse_args(
         ["--config-file", str(config_file), "--resume", *common, "SOLVER.MAX_ITER", "4"]

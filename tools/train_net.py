@@ -15,6 +15,7 @@ from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
 from personsearch_kd import PersonSearchDatasetMapper, add_personsearch_config
+from personsearch_kd.engine import PeakMemory
 from personsearch_kd.evaluation import PersonSearchEvaluator
 
 
@@ -26,7 +27,15 @@ class Trainer(DefaultTrainer):
             search_score_thresh=cfg.TEST.PERSON_SEARCH.SEARCH_SCORE_THRESH,
             detection_score_thresh=cfg.TEST.PERSON_SEARCH.DETECTION_SCORE_THRESH,
             output_dir=output_folder or os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name),
+            vis_queries=cfg.TEST.PERSON_SEARCH.VIS_QUERIES,
+            vis_topk=cfg.TEST.PERSON_SEARCH.VIS_TOPK,
         )
+
+    def build_hooks(self):
+        hooks = super().build_hooks()
+        # Before the writers (last), so each period's metrics.json line has the peak so far.
+        hooks.insert(-1, PeakMemory(self.cfg.MODEL.DEVICE))
+        return hooks
 
     @classmethod
     def build_train_loader(cls, cfg):
