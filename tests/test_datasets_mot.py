@@ -15,7 +15,7 @@ from personsearch_kd.data.datasets.mot import (  # noqa: E402
 
 from helpers import REPO_ROOT, write_mot_fixture  # noqa: E402
 
-MOT15_PS_MINI = os.path.join(os.path.dirname(REPO_ROOT), "shared", "data", "mot15-ps-mini")
+SAMPLE = os.path.join(REPO_ROOT, "datasets", "mot15-ps-sample")
 
 
 def test_fixture_train_and_test_splits(tmp_path):
@@ -103,38 +103,19 @@ def test_bad_split_specs(tmp_path):
         load_mot_person_search(str(tmp_path), split, "train")
 
 
-def test_mot15_ps_mini_reproduces_its_readme_counts():
-    """README of shared/data/mot15-ps-mini: 159 + 179 frames, 929 + 1156 boxes, 13 train ids,
-    16 query ids, 32 queries."""
-    split = os.path.join(MOT15_PS_MINI, "split.json")
-    train = mot_split_statistics(load_mot_person_search(MOT15_PS_MINI, split, "train"))
-    test = mot_split_statistics(load_mot_person_search(MOT15_PS_MINI, split, "test"))
-    assert train["images"] + test["images"] == 159 + 179
-    assert train["boxes"] + test["boxes"] == 929 + 1156
-    assert (train["labeled_ids"], test["labeled_ids"]) == (13, 16)
-    assert (train["queries"], test["queries"]) == (0, 32)
-
-
-def test_shipped_sample_is_every_second_frame_of_mot15_ps_mini():
-    """datasets/mot15-ps-sample (the quickstart's data, in the repository): its README's counts,
-    and every box equal to mot15-ps-mini's box of the same frame and identity."""
-    sample = os.path.join(REPO_ROOT, "datasets", "mot15-ps-sample")
-    split = os.path.join(sample, "split.json")
-    train_records = load_mot_person_search(sample, split, "train")
-    test_records = load_mot_person_search(sample, split, "test")
+def test_shipped_sample_loads_every_box_of_its_gt_files():
+    """datasets/mot15-ps-sample, real MOT15 frames in the repository: its README's counts, and
+    every gt.txt row becomes exactly one person annotation."""
+    split = os.path.join(SAMPLE, "split.json")
+    train_records = load_mot_person_search(SAMPLE, split, "train")
+    test_records = load_mot_person_search(SAMPLE, split, "test")
     train, test = mot_split_statistics(train_records), mot_split_statistics(test_records)
     assert (train["images"], test["images"]) == (40 + 45, 40 + 45)
     assert (train["labeled_ids"], test["labeled_ids"]) == (13, 16)
     assert (train["queries"], test["queries"]) == (0, 32)
-    full = {
-        r["image_id"]: r
-        for r in load_mot_person_search(
-            MOT15_PS_MINI, os.path.join(MOT15_PS_MINI, "split.json"), "train"
-        )
-    }
-    for r in train_records:
-        assert [a["bbox"] for a in r["annotations"]] == [
-            a["bbox"] for a in full[r["image_id"]]["annotations"]
-        ]
-    assert os.path.getsize(os.path.join(sample, "README.md")) > 0
-    assert "CC BY-NC-SA 3.0" in open(os.path.join(sample, "README.md")).read()
+    gt_rows = sum(
+        sum(1 for _ in open(os.path.join(SAMPLE, seq, "gt", "gt.txt")))
+        for seq in ("PETS09-S2L1", "TUD-Stadtmitte")
+    )
+    assert train["boxes"] + test["boxes"] == gt_rows == 467 + 580
+    assert "CC BY-NC-SA 3.0" in open(os.path.join(SAMPLE, "README.md")).read()

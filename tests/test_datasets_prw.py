@@ -17,15 +17,9 @@ from detectron2.structures import BoxMode  # noqa: E402
 from personsearch_kd.data.datasets.mot import mot_split_statistics  # noqa: E402
 from personsearch_kd.data.datasets.prw import (  # noqa: E402
     load_prw,
-    read_prw_queries,
     register_prw,
 )
 
-from helpers import REPO_ROOT  # noqa: E402
-
-PRW_MINI_QUERIES = os.path.join(
-    os.path.dirname(REPO_ROOT), "shared", "data", "prwmini_query_info.txt"
-)
 HEIGHT, WIDTH = 120, 160
 
 # frame -> (annotation key, rows [id, x, y, w, h]).
@@ -136,20 +130,6 @@ def test_prw_mini_query_list_keeps_the_prw_gallery(tmp_path):
     assert len(prw_mini) == 4
     assert (prw_mini[3]["query_pid"], prw_mini[3]["query_id"]) == (0, 0)
     assert load_prw(root, "train", mini) == load_prw(root, "train")
-
-
-def test_real_prw_mini_list_has_the_query_info_columns():
-    """The shipped 30-query list reads as ``pid x y w h frame`` like query_info.txt."""
-    if not os.path.isfile(PRW_MINI_QUERIES):
-        pytest.skip(f"{PRW_MINI_QUERIES} not present")
-    queries = read_prw_queries(PRW_MINI_QUERIES)
-    assert len(queries) == 30 and len({pid for _, pid, _, _ in queries}) == 30
-    assert queries[0] == (
-        1,
-        484,
-        [849.7009, 619.8089, 849.7009 + 172.6134, 619.8089 + 440.8639],
-        "c2s1_159941",
-    )
 
 
 def test_register_prw_is_lazy_and_sets_metadata(tmp_path):
