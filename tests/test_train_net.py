@@ -76,7 +76,9 @@ def test_train_then_resume_keeps_oim_memory(tmp_path, tiny_dataset):
     metrics = [json.loads(line) for line in (output_dir / "metrics.json").read_text().splitlines()]
     assert all(torch.isfinite(torch.tensor(m["loss_oim"])) for m in metrics if "loss_oim" in m)
     assert any("loss_oim" in m for m in metrics)
-    # The PeakMemory hook puts the peak RSS (CPU) into metrics.json.
+    # detectron2's writers: tensorboard event file and metrics.json, with the PeakMemory hook's
+    # peak RSS (CPU) in every line.
+    assert any(name.startswith("events.out.tfevents") for name in os.listdir(output_dir))
     assert all(m["peak_mem_gb"] > 0.1 for m in metrics)
 
     resumed_args = parser.parse_args(

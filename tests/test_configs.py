@@ -1,0 +1,45 @@
+# Copyright (c) personsearch_kd contributors. Licensed under the Apache License 2.0.
+"""Every shipped yaml config merges onto add_personsearch_config and builds its model."""
+
+import glob
+import os
+
+import pytest
+
+pytest.importorskip("detectron2")
+
+from detectron2.config import get_cfg  # noqa: E402
+from detectron2.modeling import build_model  # noqa: E402
+
+from personsearch_kd import add_personsearch_config  # noqa: E402
+from personsearch_kd.data.datasets.mot import load_mot_person_search  # noqa: E402
+
+from helpers import CONFIGS, REPO_ROOT  # noqa: E402
+
+YAML_CONFIGS = sorted(glob.glob(os.path.join(CONFIGS, "**", "*.yaml"), recursive=True))
+
+
+def _cfg(path):
+    cfg = get_cfg()
+    add_personsearch_config(cfg)
+    cfg.merge_from_file(path)
+    return cfg
+
+
+@pytest.mark.parametrize("path", YAML_CONFIGS, ids=lambda p: os.path.relpath(p, CONFIGS))
+def test_config_builds_a_person_search_model(path):
+    cfg = _cfg(path)
+    cfg.MODEL.DEVICE = "cpu"
+    model = build_model(cfg)
+    assert type(model).__name__ == "PersonSearchRCNN"
+    assert model.roi_heads.oim_loss.lut.shape == (cfg.MODEL.OIM.NUM_IDS, cfg.MODEL.OIM.EMBED_DIM)
+
+
+def test_mot15_configs_have_one_lut_row_per_training_identity():
+    sample = os.path.join(REPO_ROOT, "datasets", "mot15-ps-sample")
+    records = load_mot_person_search(sample, os.path.join(sample, "split.json"), "train")
+    num_ids = len({a["person_id"] for r in records for a in r["annotations"]} - {-1})
+    mot15 = [p for p in YAML_CONFIGS if os.sep + "mot15" + os.sep in p]
+    assert len(mot15) >= 5
+    for path in mot15:
+        assert _cfg(path).MODEL.OIM.NUM_IDS == num_ids, path
