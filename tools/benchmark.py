@@ -118,7 +118,8 @@ def training_summary(output_dir):
         found = re.findall(r"Total training time: (\S+)", open(log_file).read())
         wall = found[-1] if found else None
     return {
-        "iters": max(r["iteration"] for r in rows) + 1,
+        # Evaluation results are logged one iteration past the last training step.
+        "iters": max(r["iteration"] for r in rows if "total_loss" in r) + 1,
         "train_s_per_iter": statistics.median(r["time"] for r in timed) if timed else None,
         "train_peak_mem_gb": max(
             (r["peak_mem_gb"] for r in rows if "peak_mem_gb" in r), default=None
