@@ -26,9 +26,10 @@ def add_personsearch_config(cfg):
     _C.MODEL.OIM.LOSS_WEIGHT = 1.0
     # Keep the LUT fixed: it is never updated by training (KD_reid). The queue still updates.
     _C.MODEL.OIM.FREEZE_LUT = False
-    # Optional file with an initial LUT (torch.save of {"lut": Tensor[NUM_IDS, EMBED_DIM], ...}),
-    # loaded when the model is built; weights loaded later (MODEL.WEIGHTS, --resume) that contain
-    # a LUT take precedence, so a resumed run keeps its own table.
+    # KD_reid: a teacher's LUT file (tools/export_lut.py; format in personsearch_kd/layers/
+    # lut_file.py), checked against DATASETS.TRAIN, NUM_IDS and EMBED_DIM and copied into the LUT
+    # when the model is built; weights loaded later (MODEL.WEIGHTS, --resume) that contain a LUT
+    # take precedence, so a resumed run keeps its own table.
     _C.MODEL.OIM.LUT_FILE = ""
 
     _C.TEST.PERSON_SEARCH = CN()

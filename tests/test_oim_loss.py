@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from personsearch_kd.layers import OIMLoss, load_lut_file
+from personsearch_kd.layers import OIMLoss
 
 
 def _tiny_oim(**kwargs):
@@ -106,20 +106,9 @@ def test_state_dict_round_trip_restores_lut_queue_and_pointer():
     assert int(fresh.queue_ptr) == 0  # 3 unlabeled pushed into 3 slots
 
 
-def test_initial_lut_from_file(tmp_path):
+def test_initial_lut(tmp_path):
     lut = torch.nn.functional.normalize(torch.randn(3, 4), dim=1)
-    path = tmp_path / "lut.pth"
-    torch.save({"lut": lut, "dataset": "toy"}, path)
-    oim = OIMLoss(feat_dim=4, num_ids=3, queue_size=0, init_lut=load_lut_file(str(path)))
+    oim = OIMLoss(feat_dim=4, num_ids=3, queue_size=0, init_lut=lut)
     assert torch.equal(oim.lut, lut)
     with pytest.raises(ValueError, match=r"initial LUT has shape \(3, 4\).*\(5, 4\)"):
-        OIMLoss(feat_dim=4, num_ids=5, queue_size=0, init_lut=load_lut_file(str(path)))
-
-
-def test_bad_lut_files_name_the_file(tmp_path):
-    with pytest.raises(FileNotFoundError, match="missing.pth"):
-        load_lut_file(str(tmp_path / "missing.pth"))
-    path = tmp_path / "nolut.pth"
-    torch.save({"weights": torch.zeros(2, 2)}, path)
-    with pytest.raises(ValueError, match=r"nolut.pth.*key 'lut'.*\['weights'\]"):
-        load_lut_file(str(path))
+        OIMLoss(feat_dim=4, num_ids=5, queue_size=0, init_lut=lut)

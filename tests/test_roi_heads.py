@@ -16,6 +16,8 @@ from detectron2.modeling.roi_heads import build_roi_heads  # noqa: E402
 from detectron2.structures import Boxes, ImageList, Instances  # noqa: E402
 from detectron2.utils.events import EventStorage  # noqa: E402
 
+from personsearch_kd.layers import save_lut_file  # noqa: E402
+
 from helpers import CONFIGS, model_inputs, set_seed, synthetic_record, tiny_cfg  # noqa: E402
 
 IMAGE_SIZE = (96, 128)
@@ -77,18 +79,45 @@ def test_head_loss_weight_scales_oim_loss():
     assert values[1] == pytest.approx(0.1 * values[0], rel=1e-5)
 
 
-def test_frozen_lut_from_file_is_loaded_and_kept(tmp_path):
-    lut = torch.nn.functional.normalize(torch.randn(6, 256), dim=1)
-    torch.save({"lut": lut}, tmp_path / "teacher_lut.pth")
-    cfg = tiny_cfg(
-        18,
-        **{"MODEL.OIM.LUT_FILE": str(tmp_path / "teacher_lut.pth"), "MODEL.OIM.FREEZE_LUT": True},
+def _teacher_lut_cfg(tmp_path, person_ids=range(6), dim=256, dataset=None):
+    lut = torch.nn.functional.normalize(torch.randn(len(person_ids), dim), dim=1)
+    cfg = tiny_cfg(18, **{"MODEL.OIM.FREEZE_LUT": True})
+    cfg.MODEL.OIM.LUT_FILE = str(tmp_path / "teacher_lut.pth")
+    save_lut_file(
+        cfg.MODEL.OIM.LUT_FILE,
+        lut,
+        dataset if dataset is not None else cfg.DATASETS.TRAIN,
+        person_ids,
+        "from_checkpoint",
+        "",
+        "teacher.pth",
     )
+    return cfg, lut
+
+
+def test_frozen_lut_from_file_is_loaded_and_kept(tmp_path):
+    cfg, lut = _teacher_lut_cfg(tmp_path)
     head, images, features, proposals, targets = _head_and_inputs(cfg)
     with EventStorage():
         head(images, features, proposals, targets)
     assert torch.equal(head.oim_loss.lut, lut)
     assert int(head.oim_loss.queue_ptr) == 2
+
+
+@pytest.mark.parametrize(
+    "kwargs,message",
+    [
+        ({"person_ids": range(5)}, r"ids: 5 rows in the file, 6 in the student"),
+        ({"dim": 128}, r"dim: the file has 128, MODEL.OIM.EMBED_DIM is 256"),
+        ({"dataset": ["cuhk_sysu_train"]}, r"dataset: .*\['cuhk_sysu_train'\]"),
+    ],
+)
+def test_teacher_lut_that_does_not_fit_the_student_is_an_error(tmp_path, kwargs, message):
+    cfg, _ = _teacher_lut_cfg(tmp_path, **kwargs)
+    with pytest.raises(
+        ValueError, match=r"teacher_lut.pth.* does not fit this student: " + message
+    ):
+        _head_and_inputs(cfg)
 
 
 def test_inference_adds_reid_feats():

@@ -1,3 +1,4 @@
 # Copyright (c) personsearch_kd contributors. Licensed under the Apache License 2.0.
 # Pure torch building blocks: importable without detectron2.
-from .oim_loss import UNLABELED_PID, OIMLoss, load_lut_file
+from .lut_file import check_lut_file, identity_means, load_lut_file, save_lut_file
+from .oim_loss import UNLABELED_PID, OIMLoss

@@ -14,32 +14,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["OIMLoss", "load_lut_file", "UNLABELED_PID"]
+__all__ = ["OIMLoss", "UNLABELED_PID"]
 
 # Person id of a box that shows a person whose identity is not annotated.
 UNLABELED_PID = -1
-
-
-def load_lut_file(path: str) -> torch.Tensor:
-    """
-    Read a lookup table written by ``torch.save``: either a dict with the key ``"lut"`` or a bare
-    tensor, of shape (num_ids, feat_dim).
-
-    Returns:
-        Tensor: float32 tensor of shape (num_ids, feat_dim).
-    """
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=False)
-    except FileNotFoundError:
-        raise FileNotFoundError(f"LUT file {path!r} (MODEL.OIM.LUT_FILE) does not exist") from None
-    lut = obj.get("lut") if isinstance(obj, dict) else obj
-    if not isinstance(lut, torch.Tensor) or lut.dim() != 2:
-        raise ValueError(
-            f"LUT file {path!r}: expected a dict with key 'lut' (or a bare tensor) holding a "
-            f"2-d tensor [num_ids, feat_dim], got {type(obj).__name__}"
-            + (f" with keys {sorted(obj)}" if isinstance(obj, dict) else "")
-        )
-    return lut.float()
 
 
 class OIMLoss(nn.Module):

@@ -12,7 +12,8 @@ from detectron2.modeling.roi_heads import ROI_HEADS_REGISTRY, Res5ROIHeads
 from detectron2.structures import ImageList, Instances
 from detectron2.utils import comm
 
-from ..layers.oim_loss import UNLABELED_PID, OIMLoss, load_lut_file
+from ..layers.lut_file import check_lut_file, load_lut_file
+from ..layers.oim_loss import UNLABELED_PID, OIMLoss
 
 __all__ = ["IDEmbeddingHead", "OIMROIHeads"]
 
@@ -95,7 +96,6 @@ class OIMROIHeads(Res5ROIHeads):
     def from_config(cls, cfg, input_shape):
         ret = super().from_config(cfg, input_shape)
         res5_channels = ret["res5"][-1].out_channels
-        lut_file = cfg.MODEL.OIM.LUT_FILE
         ret["embed_head"] = IDEmbeddingHead(res5_channels, cfg.MODEL.OIM.EMBED_DIM)
         ret["oim_loss"] = OIMLoss(
             feat_dim=cfg.MODEL.OIM.EMBED_DIM,
@@ -104,10 +104,23 @@ class OIMROIHeads(Res5ROIHeads):
             scalar=cfg.MODEL.OIM.SCALAR,
             momentum=cfg.MODEL.OIM.MOMENTUM,
             freeze_lut=cfg.MODEL.OIM.FREEZE_LUT,
-            init_lut=load_lut_file(lut_file) if lut_file else None,
+            init_lut=cls._teacher_lut(cfg),
         )
         ret["oim_loss_weight"] = cfg.MODEL.OIM.LOSS_WEIGHT
         return ret
+
+    @staticmethod
+    def _teacher_lut(cfg):
+        """MODEL.OIM.LUT_FILE's table, checked against this student (KD_reid), or None."""
+        path = cfg.MODEL.OIM.LUT_FILE
+        if not path:
+            return None
+        content = load_lut_file(path)
+        # The mapper keeps person ids in [0, NUM_IDS) and OIM uses the id as the row.
+        check_lut_file(
+            content, path, cfg.DATASETS.TRAIN, range(cfg.MODEL.OIM.NUM_IDS), cfg.MODEL.OIM.EMBED_DIM
+        )
+        return content["lut"]
 
     @classmethod
     def _build_res5_block(cls, cfg):
