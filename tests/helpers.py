@@ -1,6 +1,7 @@
 # Copyright (c) personsearch_kd contributors. Licensed under the Apache License 2.0.
 """Small configs and synthetic person-search images shared by the detectron2 tests."""
 
+import importlib.util
 import json
 import os
 
@@ -158,3 +159,13 @@ def end_distributed_worker():
 
     comm.synchronize()
     dist.destroy_process_group()
+
+
+def load_tool(name: str):
+    """Import ``tools/<name>.py`` (the tools are scripts, not a package) as a module."""
+    spec = importlib.util.spec_from_file_location(
+        name, os.path.join(REPO_ROOT, "tools", f"{name}.py")
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

@@ -1,7 +1,6 @@
 # Copyright (c) personsearch_kd contributors. Licensed under the Apache License 2.0.
 """tools/search_demo.py on the shipped sample (datasets/mot15-ps-sample), with an untrained model."""
 
-import importlib.util
 import os
 import shutil
 
@@ -18,19 +17,10 @@ from detectron2.modeling import build_model  # noqa: E402
 
 from personsearch_kd.engine import PersonSearchPredictor  # noqa: E402
 
-from helpers import REPO_ROOT, set_seed, tiny_cfg  # noqa: E402
+from helpers import REPO_ROOT, load_tool, set_seed, tiny_cfg  # noqa: E402
 
 SAMPLE = os.path.join(REPO_ROOT, "datasets", "mot15-ps-sample", "PETS09-S2L1", "img1")
 QUERY_IMAGE = os.path.join(SAMPLE, "000401.jpg")
-
-
-def _load_demo():
-    spec = importlib.util.spec_from_file_location(
-        "search_demo", os.path.join(REPO_ROOT, "tools", "search_demo.py")
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture
@@ -59,7 +49,7 @@ def test_demo_draws_the_topk_matches_of_the_gallery(tmp_path, checkpoint_and_con
     gallery.mkdir()
     for name in ("000411.jpg", "000421.jpg", "000431.jpg", "000441.jpg"):
         shutil.copy(os.path.join(SAMPLE, name), gallery / name)
-    demo = _load_demo()
+    demo = load_tool("search_demo")
     output = tmp_path / "out" / "matches.jpg"
     args = demo.get_parser().parse_args(
         ["--config-file", config_file, "--query-image", QUERY_IMAGE, "--query-box"]
@@ -91,7 +81,7 @@ def test_demo_draws_the_topk_matches_of_the_gallery(tmp_path, checkpoint_and_con
 
 def test_demo_rejects_a_query_box_outside_the_image(tmp_path, checkpoint_and_config):
     _, config_file = checkpoint_and_config
-    demo = _load_demo()
+    demo = load_tool("search_demo")
     args = demo.get_parser().parse_args(
         ["--config-file", config_file, "--query-image", QUERY_IMAGE, "--gallery", SAMPLE]
         + ["--query-box", "10", "10", "900", "100"]

@@ -1,7 +1,6 @@
 # Copyright (c) personsearch_kd contributors. Licensed under the Apache License 2.0.
 """tools/train_net.py end to end on a tiny registered dataset: train, checkpoint, resume."""
 
-import importlib.util
 import json
 import os
 
@@ -14,16 +13,7 @@ import torch  # noqa: E402
 from detectron2.data import DatasetCatalog, MetadataCatalog  # noqa: E402
 from detectron2.engine import default_argument_parser  # noqa: E402
 
-from helpers import REPO_ROOT, synthetic_record, tiny_cfg  # noqa: E402
-
-
-def _load_train_net():
-    spec = importlib.util.spec_from_file_location(
-        "train_net", os.path.join(REPO_ROOT, "tools", "train_net.py")
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from helpers import load_tool, synthetic_record, tiny_cfg  # noqa: E402
 
 
 @pytest.fixture
@@ -41,7 +31,7 @@ def tiny_dataset(tmp_path):
 
 
 def test_train_then_resume_keeps_oim_memory(tmp_path, tiny_dataset):
-    train_net = _load_train_net()
+    train_net = load_tool("train_net")
     config_file = tmp_path / "tiny.yaml"
     config_file.write_text(tiny_cfg(18).dump())
     output_dir = tmp_path / "output"

@@ -10,7 +10,6 @@ images with persons, and print a Markdown table. Nothing is read from disk but t
 """
 
 import argparse
-import resource
 import statistics
 import time
 
@@ -22,6 +21,7 @@ from detectron2.structures import Boxes, Instances
 from detectron2.utils.events import EventStorage
 
 from personsearch_kd import add_personsearch_config
+from personsearch_kd.engine import peak_memory_gb
 
 
 def synthetic_batch(batch: int, height: int, width: int, persons: int, num_ids: int, seed: int):
@@ -70,11 +70,7 @@ def time_config(config_file: str, args) -> dict:
                 torch.cuda.synchronize()
             if i >= args.warmup:
                 times.append(time.perf_counter() - start)
-    peak = (
-        torch.cuda.max_memory_allocated() / 2**20
-        if on_cuda
-        else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # process max RSS
-    )
+    peak = peak_memory_gb(str(model.device)) * 1024  # MiB
     return {
         "config": config_file,
         "depth": cfg.MODEL.RESNETS.DEPTH,
