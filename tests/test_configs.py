@@ -8,11 +8,14 @@ import pytest
 
 pytest.importorskip("detectron2")
 
+import torch  # noqa: E402
+
 from detectron2.config import get_cfg  # noqa: E402
 from detectron2.modeling import build_model  # noqa: E402
 
 from personsearch_kd import add_personsearch_config  # noqa: E402
 from personsearch_kd.data.datasets.mot import load_mot_person_search  # noqa: E402
+from personsearch_kd.layers import save_lut_file  # noqa: E402
 
 from helpers import CONFIGS, REPO_ROOT  # noqa: E402
 
@@ -27,12 +30,32 @@ def _cfg(path):
 
 
 @pytest.mark.parametrize("path", YAML_CONFIGS, ids=lambda p: os.path.relpath(p, CONFIGS))
-def test_config_builds_a_person_search_model(path):
+def test_config_builds_a_person_search_model(path, tmp_path):
     cfg = _cfg(path)
     cfg.MODEL.DEVICE = "cpu"
+    teacher_lut = None
+    if cfg.MODEL.OIM.LUT_FILE:
+        # KD_reid: the teacher's exported table stands in for the file the config names.
+        teacher_lut = torch.nn.functional.normalize(
+            torch.randn(cfg.MODEL.OIM.NUM_IDS, cfg.MODEL.OIM.EMBED_DIM), dim=1
+        )
+        cfg.MODEL.OIM.LUT_FILE = str(tmp_path / "lut.pth")
+        save_lut_file(
+            cfg.MODEL.OIM.LUT_FILE,
+            teacher_lut,
+            cfg.DATASETS.TRAIN,
+            range(cfg.MODEL.OIM.NUM_IDS),
+            "from_checkpoint",
+            "",
+            "teacher.pth",
+        )
     model = build_model(cfg)
     assert type(model).__name__ == "PersonSearchRCNN"
-    assert model.roi_heads.oim_loss.lut.shape == (cfg.MODEL.OIM.NUM_IDS, cfg.MODEL.OIM.EMBED_DIM)
+    oim = model.roi_heads.oim_loss
+    assert oim.lut.shape == (cfg.MODEL.OIM.NUM_IDS, cfg.MODEL.OIM.EMBED_DIM)
+    if teacher_lut is not None:
+        assert torch.equal(oim.lut, teacher_lut) and oim.freeze_lut
+        assert model.roi_heads.oim_loss_weight == 0.1
 
 
 def test_mot15_configs_have_one_lut_row_per_training_identity():
@@ -40,6 +63,6 @@ def test_mot15_configs_have_one_lut_row_per_training_identity():
     records = load_mot_person_search(sample, os.path.join(sample, "split.json"), "train")
     num_ids = len({a["person_id"] for r in records for a in r["annotations"]} - {-1})
     mot15 = [p for p in YAML_CONFIGS if os.sep + "mot15" + os.sep in p]
-    assert len(mot15) >= 5
+    assert len(mot15) >= 12
     for path in mot15:
         assert _cfg(path).MODEL.OIM.NUM_IDS == num_ids, path

@@ -1,0 +1,126 @@
+#!/usr/bin/env python3
+# Copyright (c) personsearch_kd contributors. Licensed under the Apache License 2.0.
+"""
+Export a teacher's identity lookup table for KD_reid (MODEL.OIM.LUT_FILE of a student).
+
+    # the seed paper's way: copy the LUT buffer of a trained OIM-family checkpoint
+    python tools/export_lut.py --config-file configs/mot15/oim_R_50_C4_cpu.yaml --from-checkpoint \
+        --weights output/mot15_oim_R_50_C4_cpu/model_final.pth --output teacher_lut.pth
+
+    # any teacher with a query mode: mean L2-normalised feature of each identity's labeled
+    # training boxes, re-normalised (section 6); distributed with --num-gpus
+    python tools/export_lut.py --config-file TEACHER.yaml --compute --weights TEACHER.pth \
+        --output teacher_lut.pth [--dataset NAME ...] [--num-gpus 8]
+
+The file format is documented in personsearch_kd/layers/lut_file.py.
+"""
+
+import argparse
+import logging
+
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.config import get_cfg
+from detectron2.data import DatasetCatalog
+from detectron2.engine import launch
+from detectron2.modeling import build_model
+from detectron2.utils import comm
+from detectron2.utils.logger import setup_logger
+
+from personsearch_kd import add_personsearch_config
+from personsearch_kd.engine.teacher_lut import (
+    OIM_LUT_KEY,
+    labeled_box_queries,
+    lut_from_checkpoint,
+    teacher_box_features,
+)
+from personsearch_kd.layers.lut_file import identity_means, save_lut_file
+
+logger = logging.getLogger("personsearch_kd.export_lut")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config-file", required=True, help="the teacher's config")
+    method = parser.add_mutually_exclusive_group(required=True)
+    method.add_argument(
+        "--from-checkpoint", action="store_true", help="copy the checkpoint's LUT buffer"
+    )
+    method.add_argument(
+        "--compute", action="store_true", help="average the teacher's features per identity"
+    )
+    parser.add_argument("--weights", required=True, help="the teacher's checkpoint")
+    parser.add_argument("--output", required=True, help="where to write the LUT file")
+    parser.add_argument(
+        "--dataset",
+        nargs="+",
+        help="--compute: registered training sets whose labeled boxes are embedded "
+        "(default: the teacher's DATASETS.TRAIN); they must be the student's DATASETS.TRAIN",
+    )
+    parser.add_argument("--lut-key", default=OIM_LUT_KEY, help="--from-checkpoint: buffer name")
+    parser.add_argument("--num-gpus", type=int, default=1, help="--compute: processes per machine")
+    parser.add_argument("--num-machines", type=int, default=1)
+    parser.add_argument("--machine-rank", type=int, default=0)
+    parser.add_argument("--dist-url", default="auto")
+    parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE teacher config overrides")
+    return parser
+
+
+def teacher_config(args):
+    cfg = get_cfg()
+    add_personsearch_config(cfg)
+    cfg.merge_from_file(args.config_file)
+    cfg.merge_from_list(args.opts)
+    cfg.MODEL.WEIGHTS = args.weights
+    cfg.freeze()
+    return cfg
+
+
+def export(args) -> None:
+    """Write the LUT file (on the main process; --compute runs on every process)."""
+    setup_logger(name="personsearch_kd", distributed_rank=comm.get_rank())
+    cfg = teacher_config(args)
+    if args.from_checkpoint:
+        if args.dataset:
+            raise ValueError(
+                "--dataset is for --compute: a checkpoint's LUT rows are the identities of the "
+                f"teacher's DATASETS.TRAIN {list(cfg.DATASETS.TRAIN)}"
+            )
+        lut = lut_from_checkpoint(args.weights, args.lut_key)
+        dataset, person_ids, method = list(cfg.DATASETS.TRAIN), range(len(lut)), "from_checkpoint"
+    else:
+        dataset = args.dataset or list(cfg.DATASETS.TRAIN)
+        dicts = [d for name in dataset for d in DatasetCatalog.get(name)]
+        queries = labeled_box_queries(dicts)
+        model = build_model(cfg)
+        DetectionCheckpointer(model).load(args.weights)
+        result = teacher_box_features(model, queries, cfg, cfg.DATALOADER.NUM_WORKERS)
+        if result is None:  # not the main process
+            return
+        feats, pids = result
+        # One row per labeled identity of the training sets, in id order: the student's OIM
+        # uses the person id as its LUT row.
+        person_ids = sorted({pid for q in queries for pid in q["query_pids"]})
+        lut = identity_means(feats, pids, person_ids)
+        method = "compute"
+        logger.info(f"Embedded {len(pids)} labeled boxes of {len(person_ids)} identities")
+    if comm.is_main_process():
+        save_lut_file(args.output, lut, dataset, person_ids, method, cfg.dump(), args.weights)
+        logger.info(
+            f"Wrote {args.output}: {tuple(lut.shape)} LUT of {dataset} ({method}, {args.weights})"
+        )
+
+
+def main(argv=None) -> None:
+    args = build_parser().parse_args(argv)
+    launch(
+        export,
+        args.num_gpus,
+        num_machines=args.num_machines,
+        machine_rank=args.machine_rank,
+        dist_url=args.dist_url,
+        args=(args,),
+    )
+
+
+if __name__ == "__main__":
+    main()  # pragma: no cover
