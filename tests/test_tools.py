@@ -50,9 +50,11 @@ def test_benchmark_train_step_prints_a_table_row_per_config():
     )
     rows = [line for line in result.stdout.splitlines() if line.startswith(f"| {config}")]
     assert len(rows) == 2
-    cells = [c.strip() for c in rows[0].strip("|").split("|")]
-    assert cells[1:4] == ["R18", "cpu", "16"]
-    assert float(cells[4]) > 0 and float(cells[6]) > 0
+    first, second = ([c.strip() for c in row.strip("|").split("|")] for row in rows)
+    assert first[1:4] == ["R18", "cpu", "16"]
+    assert float(first[4]) > 0 and first[6] == "1.000"
+    # The second config's ratio is its own median over the first's.
+    assert float(second[6]) == pytest.approx(float(second[4]) / float(first[4]), rel=0.05, abs=0.01)
 
 
 def test_benchmark_trains_evaluates_and_prints_one_row_per_config(tmp_path):

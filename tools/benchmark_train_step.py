@@ -2,11 +2,15 @@
 # Copyright (c) personsearch_kd contributors. Licensed under the Apache License 2.0.
 """
 Time one training step (forward + backward + SGD update) of person-search configs on synthetic
-images with persons, and print a Markdown table. Nothing is read from disk but the configs.
+images with persons, and print a Markdown table with each config's step time relative to the
+first one (e.g. KD_reid against its baseline). Nothing is read from disk but the configs (and the
+LUT files they name).
 
     python tools/benchmark_train_step.py --config-file configs/scratch/oim_R_18_C4_scratch.yaml \
         configs/scratch/oim_R_50_C4_scratch.yaml --height 576 --width 768 --batch 2 \
         MODEL.DEVICE cpu
+    python tools/benchmark_train_step.py --config-file configs/mot15/oim_R_50_C4_cpu.yaml \
+        configs/mot15/kd_reid_R_50_C4_teacher_R_50_cpu.yaml --height 400 --width 680
 """
 
 import argparse
@@ -44,42 +48,66 @@ def synthetic_batch(batch: int, height: int, width: int, persons: int, num_ids: 
     return inputs
 
 
-def time_config(config_file: str, args) -> dict:
+def build_config(config_file: str, args):
+    """The model, optimizer and batch of one config, ready to step."""
     cfg = get_cfg()
     add_personsearch_config(cfg)
     cfg.merge_from_file(config_file)
     cfg.merge_from_list(args.opts)
     torch.manual_seed(0)
     model = build_model(cfg).train()
-    optimizer = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9)
-    inputs = synthetic_batch(
-        args.batch, args.height, args.width, args.persons, cfg.MODEL.OIM.NUM_IDS, seed=0
-    )
-    on_cuda = model.device.type == "cuda"
-    if on_cuda:
-        torch.cuda.reset_peak_memory_stats()
-    times = []
-    with EventStorage():
-        for i in range(args.warmup + args.iters):
-            start = time.perf_counter()
-            losses = model(inputs)
-            optimizer.zero_grad()
-            sum(losses.values()).backward()
-            optimizer.step()
-            if on_cuda:
-                torch.cuda.synchronize()
-            if i >= args.warmup:
-                times.append(time.perf_counter() - start)
-    peak = peak_memory_gb(str(model.device)) * 1024  # MiB
     return {
         "config": config_file,
-        "depth": cfg.MODEL.RESNETS.DEPTH,
-        "device": torch.cuda.get_device_name() if on_cuda else "cpu",
-        "rois": cfg.MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE,
-        "median": statistics.median(times),
-        "min": min(times),
-        "peak_mib": peak,
+        "cfg": cfg,
+        "model": model,
+        "optimizer": torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9),
+        "inputs": synthetic_batch(
+            args.batch, args.height, args.width, args.persons, cfg.MODEL.OIM.NUM_IDS, seed=0
+        ),
+        "times": [],
     }
+
+
+def train_step(run: dict) -> float:
+    """Seconds of one forward + backward + SGD update."""
+    start = time.perf_counter()
+    losses = run["model"](run["inputs"])
+    run["optimizer"].zero_grad()
+    sum(losses.values()).backward()
+    run["optimizer"].step()
+    if run["model"].device.type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - start
+
+
+def time_configs(args) -> list:
+    """
+    Step the configs in turns (step i of every config, then step i + 1), so that a change in the
+    machine's load affects all of them alike and their ratios stay fair.
+    """
+    runs = [build_config(f, args) for f in args.config_file]
+    device = str(runs[0]["model"].device)
+    if device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
+    with EventStorage():
+        for i in range(args.warmup + args.iters):
+            for run in runs:
+                seconds = train_step(run)
+                if i >= args.warmup:
+                    run["times"].append(seconds)
+    reference = statistics.median(runs[0]["times"])
+    return [
+        {
+            "config": run["config"],
+            "depth": run["cfg"].MODEL.RESNETS.DEPTH,
+            "device": torch.cuda.get_device_name() if device.startswith("cuda") else "cpu",
+            "rois": run["cfg"].MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE,
+            "median": statistics.median(run["times"]),
+            "min": min(run["times"]),
+            "ratio": statistics.median(run["times"]) / reference,
+        }
+        for run in runs
+    ], peak_memory_gb(device) * 1024
 
 
 def main():
@@ -94,18 +122,20 @@ def main():
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides")
     args = parser.parse_args()
 
-    rows = [time_config(f, args) for f in args.config_file]
+    rows, peak_mib = time_configs(args)
     print(
         f"\nTraining step, batch {args.batch} of {args.width}x{args.height} synthetic images, "
         f"{args.persons} persons each; median (min) of {args.iters} steps after "
-        f"{args.warmup} warm-up; torch {torch.__version__}, {torch.get_num_threads()} threads\n"
+        f"{args.warmup} warm-up, configs stepped in turns in one process; torch "
+        f"{torch.__version__}, {torch.get_num_threads()} threads; peak memory of the process "
+        f"{peak_mib:.0f} MiB\n"
     )
-    print("| config | depth | device | ROIs/img | s/step median | s/step min | peak MiB |")
+    print("| config | depth | device | ROIs/img | s/step median | s/step min | x first config |")
     print("|---|---|---|---|---|---|---|")
     for r in rows:
         print(
             f"| {r['config']} | R{r['depth']} | {r['device']} | {r['rois']} | "
-            f"{r['median']:.2f} | {r['min']:.2f} | {r['peak_mib']:.0f} |"
+            f"{r['median']:.3f} | {r['min']:.3f} | {r['ratio']:.3f} |"
         )
 
 
