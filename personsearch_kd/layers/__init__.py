@@ -1,4 +1,10 @@
 # Copyright (c) personsearch_kd contributors. Licensed under the Apache License 2.0.
 # Pure torch building blocks: importable without detectron2.
+from .kd_losses import (
+    binary_soft_cross_entropy,
+    bounded_regression_loss,
+    hint_loss,
+    soft_cross_entropy,
+)
 from .lut_file import check_lut_file, identity_means, load_lut_file, save_lut_file
 from .oim_loss import UNLABELED_PID, OIMLoss
