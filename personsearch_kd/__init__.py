@@ -12,7 +12,7 @@ __version__ = "0.1.0"
 if find_spec("detectron2") is not None:
     from .config import add_personsearch_config
     from .data import PersonSearchDatasetMapper
-    from .modeling import IDEmbeddingHead, OIMROIHeads, PersonSearchRCNN
+    from .modeling import DistillationRCNN, IDEmbeddingHead, OIMROIHeads, PersonSearchRCNN
 else:
 
     def __getattr__(name):

@@ -4,7 +4,8 @@ from detectron2.config import CfgNode as CN
 
 def add_personsearch_config(cfg):
     """
-    Add config for personsearch_kd: the OIM identity branch and loss.
+    Add config for personsearch_kd: the OIM identity branch and loss, the KD_det teacher and
+    losses, the person-search evaluation.
     Call it on a fresh ``get_cfg()`` before ``merge_from_file``.
     """
     _C = cfg
@@ -31,6 +32,34 @@ def add_personsearch_config(cfg):
     # when the model is built; weights loaded later (MODEL.WEIGHTS, --resume) that contain a LUT
     # take precedence, so a resumed run keeps its own table.
     _C.MODEL.OIM.LUT_FILE = ""
+
+    _C.MODEL.TEACHER = CN()
+    # KD_det (meta-architecture DistillationRCNN): the frozen teacher detector, built from its
+    # own config (its own pixel mean/std, input format, backbone), e.g.
+    # configs/mot15/det_R_50_C4_cpu.yaml.
+    _C.MODEL.TEACHER.CONFIG_FILE = ""
+    # The teacher's trained checkpoint, loaded with DetectionCheckpointer (required).
+    _C.MODEL.TEACHER.WEIGHTS = ""
+    # KEY VALUE overrides of the teacher's config (MODEL.DEVICE always follows the student's).
+    _C.MODEL.TEACHER.OPTS = []
+
+    _C.MODEL.KD_DET = CN()
+    # lambda_hint: weight of the L2 hint loss between the 1x1-conv-adapted student feature and the
+    # teacher's (0.5 in the seed paper).
+    _C.MODEL.KD_DET.HINT_WEIGHT = 0.5
+    # The backbone output compared by the hint loss (the "BaseNet" output: res4 for C4).
+    _C.MODEL.KD_DET.HINT_FEATURE = "res4"
+    # mu: weight of the ground-truth CE in RPN and RCN classification; 1 - mu weighs the soft CE
+    # against the teacher.
+    _C.MODEL.KD_DET.HARD_WEIGHT = 0.5
+    # Temperature softening both networks' class probabilities in the soft CE (10 in the seed).
+    _C.MODEL.KD_DET.TEMPERATURE = 10.0
+    # Weight of the background class in the soft CE (1.5 after Chen et al.).
+    _C.MODEL.KD_DET.BACKGROUND_WEIGHT = 1.5
+    # gamma: weight of the teacher-bounded L2 regression loss added to smooth L1 (RPN and RCN).
+    _C.MODEL.KD_DET.BOUNDED_REG_WEIGHT = 0.5
+    # m: the bounded loss counts where the student's squared error + m exceeds the teacher's.
+    _C.MODEL.KD_DET.BOUNDED_REG_MARGIN = 0.0
 
     _C.TEST.PERSON_SEARCH = CN()
     # Gallery detections scoring below this are not searched (0.5 in the literature).

@@ -1,4 +1,6 @@
 # Copyright (c) personsearch_kd contributors. Licensed under the Apache License 2.0.
-# Importing this module registers the meta-architecture and the ROI heads.
+# Importing this module registers the meta-architectures and the ROI heads.
+from .distillation import DistillationRCNN
 from .meta_arch import PersonSearchRCNN
-from .roi_heads import IDEmbeddingHead, OIMROIHeads
+from .roi_heads import IDEmbeddingHead, OIMROIHeads, PersonDetectorROIHeads
+from .teacher import build_teacher

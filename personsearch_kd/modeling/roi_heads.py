@@ -15,7 +15,7 @@ from detectron2.utils import comm
 from ..layers.lut_file import check_lut_file, load_lut_file
 from ..layers.oim_loss import UNLABELED_PID, OIMLoss
 
-__all__ = ["IDEmbeddingHead", "OIMROIHeads"]
+__all__ = ["IDEmbeddingHead", "OIMROIHeads", "PersonDetectorROIHeads", "build_res5_for_depth"]
 
 # Number of res5 BasicBlocks for the ResNets built from BasicBlock (detectron2's table).
 _BASIC_RES5_BLOCKS = {18: 2, 34: 3}
@@ -56,6 +56,44 @@ def _gather_from_all_ranks(feats: torch.Tensor, pids: torch.Tensor):
         torch.cat([f for f, _ in gathered]).to(feats.device),
         torch.cat([p for _, p in gathered]).to(pids.device),
     )
+
+
+def build_res5_for_depth(cfg) -> Tuple[nn.Module, int]:
+    """
+    res5 as in the backbone of MODEL.RESNETS.DEPTH: Bottleneck blocks for depth >= 50
+    (detectron2's builder), BasicBlocks for 18/34, so that ImageNet res5 weights load.
+
+    Returns:
+        the res5 stage and its output channels.
+    """
+    depth = cfg.MODEL.RESNETS.DEPTH
+    if depth >= 50:
+        return Res5ROIHeads._build_res5_block(cfg)
+    if depth not in _BASIC_RES5_BLOCKS:
+        raise ValueError(f"MODEL.RESNETS.DEPTH={depth}: expected 18, 34, 50, 101 or 152")
+    num_blocks = _BASIC_RES5_BLOCKS[depth]
+    out_channels = cfg.MODEL.RESNETS.RES2_OUT_CHANNELS * 8  # res5 is 8x res2
+    blocks = ResNet.make_stage(
+        BasicBlock,
+        num_blocks,
+        stride_per_block=[2] + [1] * (num_blocks - 1),
+        in_channels=out_channels // 2,
+        out_channels=out_channels,
+        norm=cfg.MODEL.RESNETS.NORM,
+    )
+    return nn.Sequential(*blocks), out_channels
+
+
+@ROI_HEADS_REGISTRY.register()
+class PersonDetectorROIHeads(Res5ROIHeads):
+    """
+    The plain C4 box head of a person detector (the DET models, KD_det teachers): detectron2's
+    :class:`Res5ROIHeads` with res5 matching the backbone depth (BasicBlocks for ResNet-18/34).
+    """
+
+    @classmethod
+    def _build_res5_block(cls, cfg):
+        return build_res5_for_depth(cfg)
 
 
 @ROI_HEADS_REGISTRY.register()
@@ -124,26 +162,7 @@ class OIMROIHeads(Res5ROIHeads):
 
     @classmethod
     def _build_res5_block(cls, cfg):
-        """
-        res5 as in the backbone of MODEL.RESNETS.DEPTH: Bottleneck blocks for depth >= 50
-        (detectron2's builder), BasicBlocks for 18/34, so that ImageNet res5 weights load.
-        """
-        depth = cfg.MODEL.RESNETS.DEPTH
-        if depth >= 50:
-            return super()._build_res5_block(cfg)
-        if depth not in _BASIC_RES5_BLOCKS:
-            raise ValueError(f"MODEL.RESNETS.DEPTH={depth}: expected 18, 34, 50, 101 or 152")
-        num_blocks = _BASIC_RES5_BLOCKS[depth]
-        out_channels = cfg.MODEL.RESNETS.RES2_OUT_CHANNELS * 8  # res5 is 8x res2
-        blocks = ResNet.make_stage(
-            BasicBlock,
-            num_blocks,
-            stride_per_block=[2] + [1] * (num_blocks - 1),
-            in_channels=out_channels // 2,
-            out_channels=out_channels,
-            norm=cfg.MODEL.RESNETS.NORM,
-        )
-        return nn.Sequential(*blocks), out_channels
+        return build_res5_for_depth(cfg)
 
     def forward(
         self,
@@ -159,7 +178,25 @@ class OIMROIHeads(Res5ROIHeads):
         """
         if not self.training:
             return super().forward(images, features, proposals)
-        del images
+        losses, _, _ = self.losses_and_predictions(features, proposals, targets)
+        return [], losses
+
+    def losses_and_predictions(
+        self,
+        features: Dict[str, torch.Tensor],
+        proposals: List[Instances],
+        targets: List[Instances],
+    ) -> Tuple[Dict[str, torch.Tensor], List[Instances], Tuple[torch.Tensor, torch.Tensor]]:
+        """
+        The training pass, also returning what a distillation loss needs (KD_det).
+
+        Returns:
+            losses: ``loss_cls``, ``loss_box_reg``, ``loss_oim``;
+            sampled proposals: with ``proposal_boxes``, ``gt_classes``, ``gt_boxes`` and
+                ``gt_pids`` (R_i ROIs of image i);
+            predictions: ``(scores, deltas)`` of :class:`FastRCNNOutputLayers`, (R, K + 1) and
+                (R, 4K) or (R, 4), R = sum R_i.
+        """
         proposals = self.label_and_sample_proposals(proposals, targets)
         box_features = self._shared_roi_transform(
             [features[f] for f in self.in_features], [x.proposal_boxes for x in proposals]
@@ -168,7 +205,7 @@ class OIMROIHeads(Res5ROIHeads):
         predictions = self.box_predictor(pooled)
         losses = self.box_predictor.losses(predictions, proposals)
         losses["loss_oim"] = self.oim_loss_weight * self._oim_loss(pooled, proposals)
-        return [], losses
+        return losses, proposals, predictions
 
     def _oim_loss(self, pooled: torch.Tensor, proposals: List[Instances]) -> torch.Tensor:
         """

@@ -1,0 +1,173 @@
+# Copyright (c) personsearch_kd contributors. Licensed under the Apache License 2.0.
+"""KD_det: DistillationRCNN with a frozen teacher detector."""
+
+import pytest
+
+pytest.importorskip("detectron2")
+
+import torch  # noqa: E402
+
+from detectron2.checkpoint import DetectionCheckpointer  # noqa: E402
+from detectron2.modeling import build_model  # noqa: E402
+from detectron2.utils.events import EventStorage  # noqa: E402
+
+from helpers import model_inputs, set_seed, synthetic_record, tiny_cfg  # noqa: E402
+
+KD_LOSSES = {"loss_rpn_cls_kd", "loss_rpn_loc_kd", "loss_cls_kd", "loss_box_reg_kd", "loss_hint"}
+STUDENT_LOSSES = {"loss_rpn_cls", "loss_rpn_loc", "loss_cls", "loss_box_reg", "loss_oim"}
+
+
+def _teacher(tmp_path, depth=50, norm="BN", **overrides):
+    """A DET teacher config file and checkpoint (untrained: the tests need its shapes only)."""
+    set_seed(1)
+    cfg = tiny_cfg(
+        depth,
+        **{
+            "MODEL.META_ARCHITECTURE": "GeneralizedRCNN",
+            "MODEL.ROI_HEADS.NAME": "PersonDetectorROIHeads",
+            "MODEL.RESNETS.NORM": norm,
+        },
+        **overrides,
+    )
+    config_file = tmp_path / f"det_R_{depth}.yaml"
+    config_file.write_text(cfg.dump())
+    model = build_model(cfg)
+    DetectionCheckpointer(model, save_dir=str(tmp_path)).save(f"det_R_{depth}")
+    return str(config_file), str(tmp_path / f"det_R_{depth}.pth")
+
+
+def _student_cfg(teacher, depth=18, **overrides):
+    config_file, weights = teacher
+    return tiny_cfg(
+        depth,
+        **{
+            "MODEL.META_ARCHITECTURE": "DistillationRCNN",
+            "MODEL.TEACHER.CONFIG_FILE": config_file,
+            "MODEL.TEACHER.WEIGHTS": weights,
+        },
+        **overrides,
+    )
+
+
+@pytest.fixture
+def records(tmp_path):
+    return [synthetic_record(tmp_path, 1, [0, 1, -1]), synthetic_record(tmp_path, 2, [2, -1, 0])]
+
+
+def test_r18_student_r50_teacher_trains_and_the_teacher_stays_frozen(tmp_path, records):
+    cfg = _student_cfg(_teacher(tmp_path, depth=50))
+    set_seed(0)
+    model = build_model(cfg)
+    teacher = model.teacher
+    # Compression: R18 res4 (256 channels) is adapted to R50's (1024).
+    assert (model.hint_adapter.in_channels, model.hint_adapter.out_channels) == (256, 1024)
+    before = {k: v.clone() for k, v in teacher.state_dict().items()}
+    student_before = {k: v.clone() for k, v in model.state_dict().items()}
+    model.train()
+    assert not teacher.training and not any(p.requires_grad for p in teacher.parameters())
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    with EventStorage():
+        for _ in range(2):
+            losses = model(model_inputs(cfg, records))
+            assert set(losses) == STUDENT_LOSSES | KD_LOSSES
+            for name, value in losses.items():
+                assert torch.isfinite(value), name
+            optimizer.zero_grad()
+            sum(losses.values()).backward()
+            optimizer.step()
+    assert not teacher.training
+    for key, value in teacher.state_dict().items():
+        assert torch.equal(value, before[key]), key  # parameters and BN statistics
+    assert not torch.equal(model.hint_adapter.weight, student_before["hint_adapter.weight"])
+
+    # The student's checkpoint has no teacher keys: its own modules and the adapter only.
+    DetectionCheckpointer(model, save_dir=str(tmp_path)).save("student")
+    saved = torch.load(tmp_path / "student.pth", weights_only=False)["model"]
+    assert set(saved) == set(student_before)
+    assert {k.split(".")[0] for k in saved} == {
+        "backbone",
+        "proposal_generator",
+        "roi_heads",
+        "hint_adapter",
+    }
+    assert len(saved) == len(build_model(tiny_cfg(18)).state_dict()) + 2
+
+
+def test_wrapped_inference_equals_the_students(tmp_path, records):
+    cfg = _student_cfg(_teacher(tmp_path, depth=18))
+    set_seed(0)
+    model = build_model(cfg).eval()
+    plain = build_model(tiny_cfg(18)).eval()
+    missing = plain.load_state_dict(model.state_dict(), strict=False)
+    assert missing.missing_keys == [] and set(missing.unexpected_keys) == {
+        "hint_adapter.weight",
+        "hint_adapter.bias",
+    }
+    inputs = model_inputs(cfg, records, is_train=False)
+    queries = [dict(inputs[0], query_boxes=[[10.0, 10.0, 40.0, 90.0]])]
+    with torch.no_grad():
+        for batch in (inputs, queries):
+            for ours, theirs in zip(model(batch), plain(batch)):
+                a, b = ours["instances"], theirs["instances"]
+                assert len(a) > 0
+                assert torch.equal(a.pred_boxes.tensor, b.pred_boxes.tensor)
+                assert torch.equal(a.scores, b.scores)
+                assert torch.equal(a.reid_feats, b.reid_feats)
+
+
+def test_a_teacher_identical_to_the_student_gives_zero_bounded_and_hint_losses(tmp_path, records):
+    # GroupNorm: the same output in train and eval mode, so student (training) and teacher
+    # (eval) compute the same function once they share weights.
+    cfg = tiny_cfg(18, **{"MODEL.RESNETS.NORM": "GN"})
+    set_seed(0)
+    DetectionCheckpointer(build_model(cfg), save_dir=str(tmp_path)).save("same")
+    teacher_cfg = tiny_cfg(
+        18,
+        **{
+            "MODEL.META_ARCHITECTURE": "GeneralizedRCNN",
+            "MODEL.ROI_HEADS.NAME": "PersonDetectorROIHeads",
+            "MODEL.RESNETS.NORM": "GN",
+        },
+    )
+    (tmp_path / "same.yaml").write_text(teacher_cfg.dump())
+    teacher = (str(tmp_path / "same.yaml"), str(tmp_path / "same.pth"))
+
+    def losses_with(margin):
+        student_cfg = _student_cfg(
+            teacher,
+            **{"MODEL.RESNETS.NORM": "GN", "MODEL.KD_DET.BOUNDED_REG_MARGIN": margin},
+        )
+        model = build_model(student_cfg)
+        DetectionCheckpointer(model).load(teacher[1])
+        with torch.no_grad():
+            model.hint_adapter.weight.copy_(torch.eye(256)[:, :, None, None])
+            model.hint_adapter.bias.zero_()
+        model.train()
+        with EventStorage(), torch.no_grad():
+            return model(model_inputs(student_cfg, records))
+
+    same = losses_with(0.0)
+    # Equal errors are not "worse than the teacher": the bounded terms vanish; so does the hint.
+    assert same["loss_rpn_loc_kd"] == 0 and same["loss_box_reg_kd"] == 0
+    assert same["loss_hint"] == 0
+    assert same["loss_cls_kd"] > 0 and same["loss_rpn_cls_kd"] > 0  # soft CE = weighted entropy
+    # A positive margin puts every positive sample in the penalised region.
+    with_margin = losses_with(0.1)
+    assert with_margin["loss_rpn_loc_kd"] > 0 and with_margin["loss_box_reg_kd"] > 0
+
+
+def test_bad_teacher_config_or_checkpoint_is_a_clear_error(tmp_path):
+    config_file, weights = _teacher(tmp_path, depth=50)
+    with pytest.raises(FileNotFoundError, match=r"MODEL.TEACHER.CONFIG_FILE='nope.yaml'"):
+        build_model(_student_cfg(("nope.yaml", weights)))
+    with pytest.raises(FileNotFoundError, match=r"MODEL.TEACHER.WEIGHTS='nope.pth'"):
+        build_model(_student_cfg((config_file, "nope.pth")))
+    r18_config, r18_weights = _teacher(tmp_path, depth=18)
+    with pytest.raises(ValueError, match=r"does not fit MODEL.TEACHER.CONFIG_FILE=.*det_R_50"):
+        build_model(_student_cfg((config_file, r18_weights)))
+    with pytest.raises(ValueError, match=r"differ in MODEL.ROI_BOX_HEAD.BBOX_REG_WEIGHTS"):
+        cfg = _student_cfg((config_file, weights))
+        cfg.MODEL.TEACHER.OPTS = ["MODEL.ROI_BOX_HEAD.BBOX_REG_WEIGHTS", (1.0, 1.0, 1.0, 1.0)]
+        build_model(cfg)
+    with pytest.raises(ValueError, match=r"HINT_FEATURE='res5': not an output of the student"):
+        build_model(_student_cfg((config_file, weights), **{"MODEL.KD_DET.HINT_FEATURE": "res5"}))
