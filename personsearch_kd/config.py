@@ -70,3 +70,6 @@ def add_personsearch_config(cfg):
     # <OUTPUT_DIR>/inference/<dataset>/ranked_matches/ at each evaluation (0 = none).
     _C.TEST.PERSON_SEARCH.VIS_QUERIES = 4
     _C.TEST.PERSON_SEARCH.VIS_TOPK = 5
+    # Evaluate detection only (AP, recall), for plain detectors such as the DET teachers of
+    # KD_det: the queries of the test sets are not run.
+    _C.TEST.PERSON_SEARCH.DETECTION_ONLY = False

@@ -11,9 +11,10 @@ pytest.importorskip("detectron2")
 import torch  # noqa: E402
 
 from detectron2.config import get_cfg  # noqa: E402
+from detectron2.checkpoint import DetectionCheckpointer  # noqa: E402
 from detectron2.modeling import build_model  # noqa: E402
 
-from personsearch_kd import add_personsearch_config  # noqa: E402
+from personsearch_kd import PersonSearchRCNN, add_personsearch_config  # noqa: E402
 from personsearch_kd.data.datasets.mot import load_mot_person_search  # noqa: E402
 from personsearch_kd.layers import save_lut_file  # noqa: E402
 
@@ -33,6 +34,11 @@ def _cfg(path):
 def test_config_builds_a_person_search_model(path, tmp_path):
     cfg = _cfg(path)
     cfg.MODEL.DEVICE = "cpu"
+    if cfg.TEST.PERSON_SEARCH.DETECTION_ONLY:
+        # A DET config: the plain detector that KD_det configs use as teacher.
+        model = build_model(cfg)
+        assert type(model.roi_heads).__name__ == "PersonDetectorROIHeads"
+        return
     teacher_lut = None
     if cfg.MODEL.OIM.LUT_FILE:
         # KD_reid: the teacher's exported table stands in for the file the config names.
@@ -49,13 +55,24 @@ def test_config_builds_a_person_search_model(path, tmp_path):
             "",
             "teacher.pth",
         )
+    if cfg.MODEL.TEACHER.CONFIG_FILE:
+        # KD_det: the named teacher config (a shipped DET config), with an untrained checkpoint.
+        cfg.MODEL.TEACHER.CONFIG_FILE = os.path.join(REPO_ROOT, cfg.MODEL.TEACHER.CONFIG_FILE)
+        teacher_cfg = _cfg(cfg.MODEL.TEACHER.CONFIG_FILE)
+        teacher_cfg.MODEL.DEVICE = "cpu"
+        assert teacher_cfg.TEST.PERSON_SEARCH.DETECTION_ONLY
+        DetectionCheckpointer(build_model(teacher_cfg), save_dir=str(tmp_path)).save("teacher")
+        cfg.MODEL.TEACHER.WEIGHTS = str(tmp_path / "teacher.pth")
     model = build_model(cfg)
-    assert type(model).__name__ == "PersonSearchRCNN"
+    assert isinstance(model, PersonSearchRCNN)
     oim = model.roi_heads.oim_loss
     assert oim.lut.shape == (cfg.MODEL.OIM.NUM_IDS, cfg.MODEL.OIM.EMBED_DIM)
     if teacher_lut is not None:
         assert torch.equal(oim.lut, teacher_lut) and oim.freeze_lut
         assert model.roi_heads.oim_loss_weight == 0.1
+    if cfg.MODEL.TEACHER.CONFIG_FILE:
+        assert type(model).__name__ == "DistillationRCNN"
+        assert type(model.teacher.roi_heads).__name__ == "PersonDetectorROIHeads"
 
 
 def test_mot15_configs_have_one_lut_row_per_training_identity():
@@ -63,6 +80,6 @@ def test_mot15_configs_have_one_lut_row_per_training_identity():
     records = load_mot_person_search(sample, os.path.join(sample, "split.json"), "train")
     num_ids = len({a["person_id"] for r in records for a in r["annotations"]} - {-1})
     mot15 = [p for p in YAML_CONFIGS if os.sep + "mot15" + os.sep in p]
-    assert len(mot15) >= 12
+    assert len(mot15) >= 26
     for path in mot15:
         assert _cfg(path).MODEL.OIM.NUM_IDS == num_ids, path

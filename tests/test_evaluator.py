@@ -28,7 +28,13 @@ from personsearch_kd.evaluation import (  # noqa: E402
     RandomFeatureEvaluator,
 )
 
-from helpers import end_distributed_worker, set_seed, tiny_cfg, write_mot_fixture  # noqa: E402
+from helpers import (  # noqa: E402
+    end_distributed_worker,
+    load_tool,
+    set_seed,
+    tiny_cfg,
+    write_mot_fixture,
+)
 
 
 @pytest.fixture
@@ -179,3 +185,28 @@ def test_random_features_keep_detection_and_lower_search(fixture_test_set, tmp_p
         assert chance[key] == real[key], key
     assert real["mAP"] == pytest.approx(100.0)
     assert chance["mAP"] < 90.0
+
+
+def test_detection_only_evaluates_a_plain_detector_on_the_gallery(fixture_test_set):
+    """A DET config (KD_det teacher): the Trainer runs the gallery only, detection metrics only."""
+    set_seed(0)
+    cfg = tiny_cfg(
+        18,
+        **{
+            "MODEL.META_ARCHITECTURE": "GeneralizedRCNN",
+            "MODEL.ROI_HEADS.NAME": "PersonDetectorROIHeads",
+            "TEST.PERSON_SEARCH.DETECTION_ONLY": True,
+            "TEST.PERSON_SEARCH.VIS_QUERIES": 0,
+        },
+    )
+    train_net = load_tool("train_net")
+    loader = train_net.Trainer.build_test_loader(cfg, fixture_test_set)
+    assert len(loader) == 8  # the 8 gallery frames; the 4 queries are left out
+    evaluator = train_net.Trainer.build_evaluator(cfg, fixture_test_set, output_folder="")
+    results = inference_on_dataset(build_model(cfg).eval(), loader, evaluator)["person_search"]
+    assert set(results) == {"det_AP", "det_recall", "det_recall_labeled"}
+    assert all(0.0 <= v <= 100.0 for v in results.values())
+    # The oracle's detections through the same evaluator: a detection-only 100%.
+    records = DatasetCatalog.get(fixture_test_set)
+    oracle = _evaluate(OracleModel(records), fixture_test_set, cfg, detection_only=True)
+    assert oracle == {"det_AP": 100.0, "det_recall": 100.0, "det_recall_labeled": 100.0}

@@ -9,7 +9,12 @@ import os
 
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import get_cfg
-from detectron2.data import build_detection_train_loader
+from detectron2.data import (
+    DatasetCatalog,
+    DatasetMapper,
+    build_detection_test_loader,
+    build_detection_train_loader,
+)
 from detectron2.engine import DefaultTrainer, default_argument_parser, default_setup, launch
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
@@ -29,7 +34,16 @@ class Trainer(DefaultTrainer):
             output_dir=output_folder or os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name),
             vis_queries=cfg.TEST.PERSON_SEARCH.VIS_QUERIES,
             vis_topk=cfg.TEST.PERSON_SEARCH.VIS_TOPK,
+            detection_only=cfg.TEST.PERSON_SEARCH.DETECTION_ONLY,
         )
+
+    @classmethod
+    def build_test_loader(cls, cfg, dataset_name):
+        if not cfg.TEST.PERSON_SEARCH.DETECTION_ONLY:
+            return super().build_test_loader(cfg, dataset_name)
+        # A plain detector has no query mode: run the gallery images only.
+        gallery = [d for d in DatasetCatalog.get(dataset_name) if "query_boxes" not in d]
+        return build_detection_test_loader(gallery, mapper=DatasetMapper(cfg, False))
 
     def build_hooks(self):
         hooks = super().build_hooks()

@@ -52,6 +52,7 @@ class PersonSearchEvaluator(DatasetEvaluator):
         output_dir: Optional[str] = None,
         vis_queries: int = 0,
         vis_topk: int = 5,
+        detection_only: bool = False,
     ):
         """
         Args:
@@ -63,6 +64,8 @@ class PersonSearchEvaluator(DatasetEvaluator):
             vis_queries: also write the ranked-matches picture of this many queries (the first
                 by query id) to ``<output_dir>/ranked_matches/``.
             vis_topk: matches per picture.
+            detection_only: evaluate a plain detector (e.g. a KD_det teacher): detection AP and
+                recall only; query inputs are ignored (leave them out of the loader).
         """
         self._dataset_name = dataset_name
         self._search_thresh = search_score_thresh
@@ -71,6 +74,7 @@ class PersonSearchEvaluator(DatasetEvaluator):
         self._output_dir = output_dir
         self._vis_queries = vis_queries
         self._vis_topk = vis_topk
+        self._detection_only = detection_only
         self._protocols = MetadataCatalog.get(dataset_name).get("search_protocols", ("all",))
         records = DatasetCatalog.get(dataset_name)
         self._ground_truth = {}
@@ -88,7 +92,9 @@ class PersonSearchEvaluator(DatasetEvaluator):
                     "gt_pids": np.array([a["person_id"] for a in annos], dtype=np.int64),
                     "cam_id": r.get("cam_id"),
                 }
-        if not self._query_records:
+        if detection_only:
+            self._query_records = {}
+        elif not self._query_records:
             raise ValueError(f"{dataset_name}: has no query (dicts with 'query_boxes')")
         self.reset()
 
@@ -100,17 +106,22 @@ class PersonSearchEvaluator(DatasetEvaluator):
         for inp, out in zip(inputs, outputs):
             inst = out["instances"].to("cpu")
             if "query_boxes" in inp:
+                if self._detection_only:
+                    continue
                 self._query_feats[inp["query_id"]] = inst.reid_feats[0].numpy()
                 continue
             scores = inst.scores.numpy()
             searchable = scores >= self._search_thresh
-            # Features are kept only where they can be searched: memory grows with the gallery.
             self._detections[inp["image_id"]] = {
                 "boxes": inst.pred_boxes.tensor.numpy(),
                 "scores": scores,
-                "feats": inst.reid_feats[torch.from_numpy(searchable)].numpy(),
                 "searchable": searchable,
             }
+            if not self._detection_only:
+                # Features are kept only where they can be searched: memory grows with the
+                # gallery.
+                feats = inst.reid_feats[torch.from_numpy(searchable)].numpy()
+                self._detections[inp["image_id"]]["feats"] = feats
 
     def evaluate(self):
         if self._distributed:
@@ -134,6 +145,8 @@ class PersonSearchEvaluator(DatasetEvaluator):
         # Only the recall: in labeled-only mode detections of unlabeled persons are false
         # positives, which makes that AP meaningless (the reference does not report it either).
         results["det_recall_labeled"] = labeled["recall"]
+        if self._detection_only:
+            return self._report(results, len(gallery), 0)
 
         for image_id, det in detections.items():
             keep = det["searchable"]
@@ -161,10 +174,15 @@ class PersonSearchEvaluator(DatasetEvaluator):
             per_protocol[protocol] = search["per_query"]
         self._write(per_protocol)
         self._draw(queries, per_protocol[self._protocols[0]])
+        return self._report(results, len(gallery), len(queries))
+
+    def _report(self, results, num_images: int, num_queries: int):
+        """Log the metrics in percent and return them under the key ``person_search``."""
         results = OrderedDict((k, 100.0 * v) for k, v in results.items())
+        what = "Detection" if self._detection_only else "Person search"
         logger.info(
-            f"Person search on {self._dataset_name} ({len(gallery)} gallery images, "
-            f"{len(queries)} queries), in %:\n"
+            f"{what} on {self._dataset_name} ({num_images} gallery images, "
+            f"{num_queries} queries), in %:\n"
             + tabulate(
                 [list(results.values())], headers=list(results), floatfmt=".2f", tablefmt="pipe"
             )
