@@ -58,36 +58,43 @@ def test_benchmark_train_step_prints_a_table_row_per_config():
 
 
 def test_benchmark_trains_evaluates_and_prints_one_row_per_config(tmp_path):
-    # A tiny R18 on the shipped sample: 5 training iterations (detectron2 times those after
-    # the first 3), then the full test set (85 gallery
-    # images, 32 queries) at short side 128.
+    # A tiny R18 OIM model and a tiny R18 DET detector on the shipped sample: 5 training
+    # iterations each (detectron2 times those after the first 3), then the full test set (85
+    # gallery images, 32 queries; the detector runs the gallery only) at short side 128.
     from helpers import tiny_cfg
 
-    config_file = tmp_path / "tiny.yaml"
-    config_file.write_text(tiny_cfg(18).dump())
-    output_dir = tmp_path / "run"
+    det = {
+        "MODEL.META_ARCHITECTURE": "GeneralizedRCNN",
+        "MODEL.ROI_HEADS.NAME": "PersonDetectorROIHeads",
+        "TEST.PERSON_SEARCH.DETECTION_ONLY": True,
+    }
+    config_files = [tmp_path / "tiny.yaml", tmp_path / "tiny_det.yaml"]
+    config_files[0].write_text(tiny_cfg(18, OUTPUT_DIR=str(tmp_path / "oim")).dump())
+    config_files[1].write_text(tiny_cfg(18, OUTPUT_DIR=str(tmp_path / "det"), **det).dump())
     env = dict(os.environ, DETECTRON2_DATASETS=os.path.join(REPO_ROOT, "datasets"))
     opts = [
         "DATASETS.TRAIN", "('mot15_ps_sample_train',)", "DATASETS.TEST", "()",
         "MODEL.OIM.NUM_IDS", "13", "SOLVER.IMS_PER_BATCH", "2", "SOLVER.MAX_ITER", "5",
-        "SOLVER.STEPS", "()", "SOLVER.WARMUP_ITERS", "0", "OUTPUT_DIR", str(output_dir),
+        "SOLVER.STEPS", "()", "SOLVER.WARMUP_ITERS", "0",
     ]  # fmt: skip
     # Training evaluates nothing (DATASETS.TEST empty); the benchmark's evaluation needs a test
     # set, which its own opts give.
-    subprocess.run(
-        [sys.executable, os.path.join(REPO_ROOT, "tools", "train_net.py"), "--config-file"]
-        + [str(config_file)] + opts,
-        env=env, check=True, capture_output=True,
-    )  # fmt: skip
+    for config_file in config_files:
+        subprocess.run(
+            [sys.executable, os.path.join(REPO_ROOT, "tools", "train_net.py"), "--config-file"]
+            + [str(config_file)] + opts,
+            env=env, check=True, capture_output=True,
+        )  # fmt: skip
     result = subprocess.run(
         [sys.executable, os.path.join(REPO_ROOT, "tools", "benchmark.py"), "--config-files"]
-        + [str(config_file), "--opts"] + opts + ["DATASETS.TEST", "('mot15_ps_sample_test',)"],
+        + [str(f) for f in config_files]
+        + ["--opts"] + opts + ["DATASETS.TEST", "('mot15_ps_sample_test',)"],
         env=env, capture_output=True, text=True, check=True,
     )  # fmt: skip
     table = result.stdout[result.stdout.index("Hardware: CPU") :]
     rows = [line for line in table.splitlines() if line.startswith("| ")]
     assert rows[0].startswith("| config | iters | mAP | top-1 | random feats mAP / top-1")
-    assert len(rows) == 2
+    assert len(rows) == 3
     cells = [c.strip() for c in rows[1].strip("|").split("|")]
     assert cells[1] == "5"  # iterations read from metrics.json, not retrained
     values = [float(cells[i]) for i in (2, 3, 5, 6)] + [float(v) for v in cells[4].split(" / ")]
@@ -96,3 +103,6 @@ def test_benchmark_trains_evaluates_and_prints_one_row_per_config(tmp_path):
     assert cells[8] != "n/a"  # training wall time from log.txt
     train_mem, eval_mem = (float(v) for v in cells[10].split(" / "))
     assert train_mem > 0.1 and eval_mem > 0.1
+    det_cells = [c.strip() for c in rows[2].strip("|").split("|")]
+    assert det_cells[1] == "5" and det_cells[2:5] == ["n/a", "n/a", "n/a"]
+    assert 0.0 <= float(det_cells[5]) <= 100.0 and float(det_cells[9]) > 0

@@ -8,7 +8,8 @@ gallery image and peak memory.
 
 Each config is trained first with tools/train_net.py unless its OUTPUT_DIR already holds
 model_final.pth (--retrain forces it); training numbers come from that run's metrics.json and
-log.txt. Evaluation runs in a fresh process per config, so its peak memory is its own.
+log.txt. Evaluation runs in a fresh process per config, so its peak memory is its own. DET
+configs (TEST.PERSON_SEARCH.DETECTION_ONLY) fill the detection columns only.
 
     python tools/benchmark.py --config-files configs/mot15/oim_R_18_C4_cpu.yaml \
         configs/mot15/oim_R_50_C4_cpu.yaml
@@ -67,7 +68,6 @@ class GalleryTimer(nn.Module):
 def evaluate(config_file, opts, json_file):
     """Child process: evaluate OUTPUT_DIR/model_final.pth with real and random features."""
     from detectron2.checkpoint import DetectionCheckpointer
-    from detectron2.data import build_detection_test_loader
     from detectron2.evaluation import DatasetEvaluators, inference_on_dataset
     from detectron2.modeling import build_model
     from detectron2.utils.logger import setup_logger
@@ -84,14 +84,20 @@ def evaluate(config_file, opts, json_file):
         search_score_thresh=cfg.TEST.PERSON_SEARCH.SEARCH_SCORE_THRESH,
         detection_score_thresh=cfg.TEST.PERSON_SEARCH.DETECTION_SCORE_THRESH,
     )
-    evaluator = DatasetEvaluators(
-        [
-            PersonSearchEvaluator(dataset, **thresholds),
-            RandomFeatureEvaluator(PersonSearchEvaluator(dataset, **thresholds)),
-        ]
-    )
+    if cfg.TEST.PERSON_SEARCH.DETECTION_ONLY:  # a DET config: no search, no random features
+        evaluator = PersonSearchEvaluator(dataset, detection_only=True, **thresholds)
+    else:
+        evaluator = DatasetEvaluators(
+            [
+                PersonSearchEvaluator(dataset, **thresholds),
+                RandomFeatureEvaluator(PersonSearchEvaluator(dataset, **thresholds)),
+            ]
+        )
     timer = GalleryTimer(model)
-    results = inference_on_dataset(timer, build_detection_test_loader(cfg, dataset), evaluator)
+    # tools/ is on sys.path: the training script's loader (gallery only for DET configs).
+    from train_net import Trainer
+
+    results = inference_on_dataset(timer, Trainer.build_test_loader(cfg, dataset), evaluator)
     with open(json_file, "w") as f:
         json.dump(
             {
@@ -158,14 +164,14 @@ def benchmark(args):
             evaluation = json.load(f)
         train = training_summary(cfg.OUTPUT_DIR)
         real = evaluation["results"]["person_search"]
-        chance = evaluation["results"]["person_search_random_features"]
+        chance = evaluation["results"].get("person_search_random_features")
         rows.append(
             [
                 os.path.relpath(config_file),
                 str(train["iters"]),
-                f"{real['mAP']:.2f}",
-                f"{real['top1']:.2f}",
-                f"{chance['mAP']:.2f} / {chance['top1']:.2f}",
+                _fmt(real.get("mAP"), ".2f"),
+                _fmt(real.get("top1"), ".2f"),
+                f"{chance['mAP']:.2f} / {chance['top1']:.2f}" if chance else "n/a",
                 f"{real['det_AP']:.2f}",
                 f"{real['det_recall']:.2f}",
                 _fmt(train["train_s_per_iter"], ".3f"),
