@@ -55,6 +55,7 @@ def records(tmp_path):
 
 
 def test_r18_student_r50_teacher_trains_and_the_teacher_stays_frozen(tmp_path, records):
+    records = records + [synthetic_record(tmp_path, 3, [])]  # and an image without persons
     cfg = _student_cfg(_teacher(tmp_path, depth=50))
     set_seed(0)
     model = build_model(cfg)

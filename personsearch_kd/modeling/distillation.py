@@ -237,7 +237,7 @@ class DistillationRCNN(PersonSearchRCNN):
         box_coder = roi_heads.box_predictor.box2box_transform
         targets = box_coder.get_deltas(
             Boxes.cat(proposal_boxes).tensor[foreground],
-            cat([p.gt_boxes.tensor for p in sampled])[foreground],
+            cat([_gt_boxes(p) for p in sampled])[foreground],
         )
         losses["loss_box_reg_kd"] = self.bounded_reg_weight * bounded_regression_loss(
             _class_deltas(deltas, gt_classes, foreground),
@@ -252,6 +252,13 @@ class DistillationRCNN(PersonSearchRCNN):
 def _anchors(anchor_generator) -> list:
     """Cell anchors and strides of each feature map: equal lists mean equal anchors."""
     return [c.tolist() for c in anchor_generator.cell_anchors] + [list(anchor_generator.strides)]
+
+
+def _gt_boxes(proposals: Instances) -> torch.Tensor:
+    """(R, 4) matched ground-truth boxes; an image without ground truth has none (background)."""
+    if proposals.has("gt_boxes"):
+        return proposals.gt_boxes.tensor
+    return proposals.proposal_boxes.tensor.new_zeros((len(proposals), 4))
 
 
 def _class_deltas(deltas: torch.Tensor, gt_classes: torch.Tensor, foreground: torch.Tensor):
