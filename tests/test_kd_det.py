@@ -1,6 +1,8 @@
 # Copyright (c) personsearch_kd contributors. Licensed under the Apache License 2.0.
 """KD_det: DistillationRCNN with a frozen teacher detector."""
 
+import pickle
+
 import pytest
 
 pytest.importorskip("detectron2")
@@ -172,3 +174,27 @@ def test_bad_teacher_config_or_checkpoint_is_a_clear_error(tmp_path):
         build_model(cfg)
     with pytest.raises(ValueError, match=r"HINT_FEATURE='res5': not an output of the student"):
         build_model(_student_cfg((config_file, weights), **{"MODEL.KD_DET.HINT_FEATURE": "res5"}))
+
+
+def test_imagenet_style_weights_load_into_the_student_only(tmp_path):
+    """A classification backbone (.pkl, names without the "backbone." prefix), as MODEL.WEIGHTS."""
+    cfg = _student_cfg(_teacher(tmp_path, depth=18))
+    set_seed(0)
+    model = build_model(cfg)
+    teacher_before = {k: v.clone() for k, v in model.teacher.state_dict().items()}
+    set_seed(5)
+    backbone = build_model(tiny_cfg(18)).backbone.state_dict()
+    with open(tmp_path / "R-18.pkl", "wb") as f:
+        pickle.dump(
+            {
+                "model": {k: v.numpy() for k, v in backbone.items()},
+                "__author__": "test",
+                "matching_heuristics": True,
+            },
+            f,
+        )
+    DetectionCheckpointer(model).load(str(tmp_path / "R-18.pkl"))
+    for key, value in backbone.items():
+        assert torch.equal(model.backbone.state_dict()[key], value), key
+    for key, value in model.teacher.state_dict().items():
+        assert torch.equal(value, teacher_before[key]), key
