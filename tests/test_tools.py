@@ -1,6 +1,7 @@
 # Copyright (c) personsearch_kd contributors. Licensed under the Apache License 2.0.
 """Command-line tools run end to end on tiny inputs."""
 
+import json
 import os
 import subprocess
 import sys
@@ -9,7 +10,7 @@ import pytest
 
 pytest.importorskip("detectron2")
 
-from helpers import CONFIGS, REPO_ROOT  # noqa: E402
+from helpers import CONFIGS, REPO_ROOT, load_tool, tiny_cfg  # noqa: E402
 
 
 def test_benchmark_train_step_prints_a_table_row_per_config():
@@ -61,8 +62,6 @@ def test_benchmark_trains_evaluates_and_prints_one_row_per_config(tmp_path):
     # A tiny R18 OIM model and a tiny R18 DET detector on the shipped sample: 5 training
     # iterations each (detectron2 times those after the first 3), then the full test set (85
     # gallery images, 32 queries; the detector runs the gallery only) at short side 128.
-    from helpers import tiny_cfg
-
     det = {
         "MODEL.META_ARCHITECTURE": "GeneralizedRCNN",
         "MODEL.ROI_HEADS.NAME": "PersonDetectorROIHeads",
@@ -85,12 +84,12 @@ def test_benchmark_trains_evaluates_and_prints_one_row_per_config(tmp_path):
             + [str(config_file)] + opts,
             env=env, check=True, capture_output=True,
         )  # fmt: skip
-    result = subprocess.run(
+    benchmark = (
         [sys.executable, os.path.join(REPO_ROOT, "tools", "benchmark.py"), "--config-files"]
         + [str(f) for f in config_files]
-        + ["--opts"] + opts + ["DATASETS.TEST", "('mot15_ps_sample_test',)"],
-        env=env, capture_output=True, text=True, check=True,
+        + ["--opts"] + opts + ["DATASETS.TEST", "('mot15_ps_sample_test',)"]
     )  # fmt: skip
+    result = subprocess.run(benchmark, env=env, capture_output=True, text=True, check=True)
     table = result.stdout[result.stdout.index("Hardware: CPU") :]
     rows = [line for line in table.splitlines() if line.startswith("| ")]
     assert rows[0].startswith("| config | iters | mAP | top-1 | random feats mAP / top-1")
@@ -106,3 +105,28 @@ def test_benchmark_trains_evaluates_and_prints_one_row_per_config(tmp_path):
     det_cells = [c.strip() for c in rows[2].strip("|").split("|")]
     assert det_cells[1] == "5" and det_cells[2:5] == ["n/a", "n/a", "n/a"]
     assert 0.0 <= float(det_cells[5]) <= 100.0 and float(det_cells[9]) > 0
+
+    # A second run reuses both saved evaluations: same table, benchmark.json files untouched.
+    saved = [tmp_path / name / "benchmark.json" for name in ("oim", "det")]
+    mtimes = [f.stat().st_mtime_ns for f in saved]
+    again = subprocess.run(benchmark, env=env, capture_output=True, text=True, check=True)
+    assert again.stdout[again.stdout.index("Hardware: CPU") :] == table
+    assert [f.stat().st_mtime_ns for f in saved] == mtimes
+
+
+def test_benchmark_reuses_an_evaluation_only_of_the_same_config_and_checkpoint(tmp_path):
+    benchmark = load_tool("benchmark")
+    cfg = tiny_cfg(18, OUTPUT_DIR=str(tmp_path))
+    checkpoint, json_file = tmp_path / "model_final.pth", tmp_path / "benchmark.json"
+    checkpoint.write_bytes(b"weights")
+    json_file.write_text(json.dumps({"results": {}, "config_sha1": benchmark.config_digest(cfg)}))
+    assert benchmark.reusable_evaluation(str(json_file), cfg)["results"] == {}
+
+    other = cfg.clone()
+    other.TEST.PERSON_SEARCH.SEARCH_SCORE_THRESH = 0.6
+    assert benchmark.reusable_evaluation(str(json_file), other) is None
+
+    # A checkpoint written after the evaluation (a retrained model) is evaluated anew.
+    later = json_file.stat().st_mtime + 10
+    os.utime(checkpoint, (later, later))
+    assert benchmark.reusable_evaluation(str(json_file), cfg) is None

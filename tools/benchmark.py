@@ -8,14 +8,17 @@ gallery image and peak memory.
 
 Each config is trained first with tools/train_net.py unless its OUTPUT_DIR already holds
 model_final.pth (--retrain forces it); training numbers come from that run's metrics.json and
-log.txt. Evaluation runs in a fresh process per config, so its peak memory is its own. DET
-configs (TEST.PERSON_SEARCH.DETECTION_ONLY) fill the detection columns only.
+log.txt. Evaluation runs in a fresh process per config, so its peak memory is its own, and is
+saved to OUTPUT_DIR/benchmark.json; a later run reuses it while the checkpoint is older and the
+merged config (file and --opts) is the same (--reevaluate forces it). DET configs
+(TEST.PERSON_SEARCH.DETECTION_ONLY) fill the detection columns only.
 
     python tools/benchmark.py --config-files configs/mot15/oim_R_18_C4_cpu.yaml \
         configs/mot15/oim_R_50_C4_cpu.yaml
 """
 
 import argparse
+import hashlib
 import json
 import os
 import platform
@@ -41,6 +44,24 @@ def load_cfg(config_file, opts):
     cfg.merge_from_file(config_file)
     cfg.merge_from_list(opts)
     return cfg
+
+
+def config_digest(cfg) -> str:
+    """SHA-1 of the merged config: equal digests mean the same model, data and thresholds."""
+    return hashlib.sha1(cfg.dump().encode()).hexdigest()
+
+
+def reusable_evaluation(json_file, cfg):
+    """
+    The evaluation saved in ``json_file`` if it was made with this merged config after the
+    checkpoint OUTPUT_DIR/model_final.pth was written, else None.
+    """
+    checkpoint = os.path.join(cfg.OUTPUT_DIR, "model_final.pth")
+    if not os.path.isfile(json_file) or os.path.getmtime(json_file) < os.path.getmtime(checkpoint):
+        return None
+    with open(json_file) as f:
+        evaluation = json.load(f)
+    return evaluation if evaluation.get("config_sha1") == config_digest(cfg) else None
 
 
 class GalleryTimer(nn.Module):
@@ -104,6 +125,7 @@ def evaluate(config_file, opts, json_file):
                 "results": results,
                 "seconds_per_image": statistics.median(timer.seconds),
                 "peak_mem_gb": peak_memory_gb(cfg.MODEL.DEVICE),
+                "config_sha1": config_digest(cfg),
             },
             f,
         )
@@ -155,13 +177,15 @@ def benchmark(args):
                 check=True,
             )
         json_file = os.path.join(cfg.OUTPUT_DIR, "benchmark.json")
-        subprocess.run(
-            [sys.executable, __file__, "--evaluate", config_file, "--json", json_file, "--opts"]
-            + args.opts,
-            check=True,
-        )
-        with open(json_file) as f:
-            evaluation = json.load(f)
+        evaluation = None if args.reevaluate else reusable_evaluation(json_file, cfg)
+        if evaluation is None:
+            subprocess.run(
+                [sys.executable, __file__, "--evaluate", config_file, "--json", json_file]
+                + ["--opts"] + args.opts,
+                check=True,
+            )
+            with open(json_file) as f:
+                evaluation = json.load(f)
         train = training_summary(cfg.OUTPUT_DIR)
         real = evaluation["results"]["person_search"]
         chance = evaluation["results"].get("person_search_random_features")
@@ -208,6 +232,9 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--config-files", nargs="+", metavar="FILE")
     parser.add_argument("--retrain", action="store_true", help="train even if model_final exists")
+    parser.add_argument(
+        "--reevaluate", action="store_true", help="evaluate even if benchmark.json can be reused"
+    )
     parser.add_argument("--evaluate", metavar="FILE", help=argparse.SUPPRESS)
     parser.add_argument("--json", help=argparse.SUPPRESS)
     parser.add_argument(
