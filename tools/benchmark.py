@@ -180,8 +180,8 @@ def benchmark(args):
         evaluation = None if args.reevaluate else reusable_evaluation(json_file, cfg)
         if evaluation is None:
             subprocess.run(
-                [sys.executable, __file__, "--evaluate", config_file, "--json", json_file]
-                + ["--opts"] + args.opts,
+                [sys.executable, __file__, "--evaluate", config_file, "--json", json_file, "--opts"]
+                + args.opts,
                 check=True,
             )
             with open(json_file) as f:
