@@ -9,7 +9,9 @@ import cv2
 import numpy as np
 import torch
 
+from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import get_cfg
+from detectron2.modeling import build_model
 from detectron2.structures import BoxMode
 
 from personsearch_kd import PersonSearchDatasetMapper, add_personsearch_config
@@ -60,6 +62,31 @@ def tiny_cfg(depth: int = 18, **overrides):
     for key, value in overrides.items():
         cfg.merge_from_list([key, value])
     return cfg
+
+
+def det_teacher(tmp_path, depth=50, norm="BN", **overrides):
+    """
+    A DET teacher (the KD_det teacher's kind) as a config file and a checkpoint in ``tmp_path``,
+    untrained: the tests need its shapes only.
+
+    Returns:
+        (config file, checkpoint) paths, for MODEL.TEACHER.CONFIG_FILE / WEIGHTS.
+    """
+    set_seed(1)
+    cfg = tiny_cfg(
+        depth,
+        **{
+            "MODEL.META_ARCHITECTURE": "GeneralizedRCNN",
+            "MODEL.ROI_HEADS.NAME": "PersonDetectorROIHeads",
+            "MODEL.RESNETS.NORM": norm,
+        },
+        **overrides,
+    )
+    config_file = tmp_path / f"det_R_{depth}.yaml"
+    config_file.write_text(cfg.dump())
+    model = build_model(cfg)
+    DetectionCheckpointer(model, save_dir=str(tmp_path)).save(f"det_R_{depth}")
+    return str(config_file), str(tmp_path / f"det_R_{depth}.pth")
 
 
 def synthetic_record(directory, seed: int, pids, height: int = 128, width: int = 176):

@@ -13,29 +13,10 @@ from detectron2.checkpoint import DetectionCheckpointer  # noqa: E402
 from detectron2.modeling import build_model  # noqa: E402
 from detectron2.utils.events import EventStorage  # noqa: E402
 
-from helpers import model_inputs, set_seed, synthetic_record, tiny_cfg  # noqa: E402
+from helpers import det_teacher, model_inputs, set_seed, synthetic_record, tiny_cfg  # noqa: E402
 
 KD_LOSSES = {"loss_rpn_cls_kd", "loss_rpn_loc_kd", "loss_cls_kd", "loss_box_reg_kd", "loss_hint"}
 STUDENT_LOSSES = {"loss_rpn_cls", "loss_rpn_loc", "loss_cls", "loss_box_reg", "loss_oim"}
-
-
-def _teacher(tmp_path, depth=50, norm="BN", **overrides):
-    """A DET teacher config file and checkpoint (untrained: the tests need its shapes only)."""
-    set_seed(1)
-    cfg = tiny_cfg(
-        depth,
-        **{
-            "MODEL.META_ARCHITECTURE": "GeneralizedRCNN",
-            "MODEL.ROI_HEADS.NAME": "PersonDetectorROIHeads",
-            "MODEL.RESNETS.NORM": norm,
-        },
-        **overrides,
-    )
-    config_file = tmp_path / f"det_R_{depth}.yaml"
-    config_file.write_text(cfg.dump())
-    model = build_model(cfg)
-    DetectionCheckpointer(model, save_dir=str(tmp_path)).save(f"det_R_{depth}")
-    return str(config_file), str(tmp_path / f"det_R_{depth}.pth")
 
 
 def _student_cfg(teacher, depth=18, **overrides):
@@ -58,7 +39,7 @@ def records(tmp_path):
 
 def test_r18_student_r50_teacher_trains_and_the_teacher_stays_frozen(tmp_path, records):
     records = records + [synthetic_record(tmp_path, 3, [])]  # and an image without persons
-    cfg = _student_cfg(_teacher(tmp_path, depth=50))
+    cfg = _student_cfg(det_teacher(tmp_path, depth=50))
     set_seed(0)
     model = build_model(cfg)
     teacher = model.teacher
@@ -97,7 +78,7 @@ def test_r18_student_r50_teacher_trains_and_the_teacher_stays_frozen(tmp_path, r
 
 
 def test_wrapped_inference_equals_the_students(tmp_path, records):
-    cfg = _student_cfg(_teacher(tmp_path, depth=18))
+    cfg = _student_cfg(det_teacher(tmp_path, depth=18))
     set_seed(0)
     model = build_model(cfg).eval()
     plain = build_model(tiny_cfg(18)).eval()
@@ -160,12 +141,12 @@ def test_a_teacher_identical_to_the_student_gives_zero_bounded_and_hint_losses(t
 
 
 def test_bad_teacher_config_or_checkpoint_is_a_clear_error(tmp_path):
-    config_file, weights = _teacher(tmp_path, depth=50)
+    config_file, weights = det_teacher(tmp_path, depth=50)
     with pytest.raises(FileNotFoundError, match=r"MODEL.TEACHER.CONFIG_FILE='nope.yaml'"):
         build_model(_student_cfg(("nope.yaml", weights)))
     with pytest.raises(FileNotFoundError, match=r"MODEL.TEACHER.WEIGHTS='nope.pth'"):
         build_model(_student_cfg((config_file, "nope.pth")))
-    r18_config, r18_weights = _teacher(tmp_path, depth=18)
+    r18_config, r18_weights = det_teacher(tmp_path, depth=18)
     with pytest.raises(ValueError, match=r"does not fit MODEL.TEACHER.CONFIG_FILE=.*det_R_50"):
         build_model(_student_cfg((config_file, r18_weights)))
     with pytest.raises(ValueError, match=r"differ in MODEL.ROI_BOX_HEAD.BBOX_REG_WEIGHTS"):
@@ -178,7 +159,7 @@ def test_bad_teacher_config_or_checkpoint_is_a_clear_error(tmp_path):
 
 def test_imagenet_style_weights_load_into_the_student_only(tmp_path):
     """A classification backbone (.pkl, names without the "backbone." prefix), as MODEL.WEIGHTS."""
-    cfg = _student_cfg(_teacher(tmp_path, depth=18))
+    cfg = _student_cfg(det_teacher(tmp_path, depth=18))
     set_seed(0)
     model = build_model(cfg)
     teacher_before = {k: v.clone() for k, v in model.teacher.state_dict().items()}

@@ -10,52 +10,45 @@ import pytest
 
 pytest.importorskip("detectron2")
 
-from helpers import CONFIGS, REPO_ROOT, load_tool, tiny_cfg  # noqa: E402
+from helpers import CONFIGS, REPO_ROOT, det_teacher, load_tool, tiny_cfg  # noqa: E402
 
 
-def test_benchmark_train_step_prints_a_table_row_per_config():
-    config = os.path.join(CONFIGS, "scratch", "oim_R_18_C4_scratch.yaml")
+def test_benchmark_train_step_prints_a_row_per_config_and_the_kd_teacher_share(tmp_path):
+    # A baseline and a KD_det student (R18 DET teacher), both tiny, stepped in turns.
+    baseline = os.path.join(CONFIGS, "scratch", "oim_R_18_C4_scratch.yaml")
+    config_file, weights = det_teacher(tmp_path, depth=18)
+    student = tmp_path / "kd_det.yaml"
+    kd = {
+        "MODEL.META_ARCHITECTURE": "DistillationRCNN",
+        "MODEL.TEACHER.CONFIG_FILE": config_file,
+        "MODEL.TEACHER.WEIGHTS": weights,
+    }
+    student.write_text(tiny_cfg(18, **kd).dump())
+    opts = [
+        "MODEL.DEVICE", "cpu", "MODEL.OIM.NUM_IDS", "4", "MODEL.OIM.QUEUE_SIZE", "8",
+        "MODEL.RPN.POST_NMS_TOPK_TRAIN", "50", "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", "16",
+    ]  # fmt: skip
     result = subprocess.run(
-        [
-            sys.executable,
-            os.path.join(REPO_ROOT, "tools", "benchmark_train_step.py"),
-            "--config-file",
-            config,
-            config,
-            "--height",
-            "96",
-            "--width",
-            "128",
-            "--batch",
-            "1",
-            "--persons",
-            "2",
-            "--warmup",
-            "0",
-            "--iters",
-            "1",
-            "MODEL.DEVICE",
-            "cpu",
-            "MODEL.OIM.NUM_IDS",
-            "4",
-            "MODEL.OIM.QUEUE_SIZE",
-            "8",
-            "MODEL.RPN.POST_NMS_TOPK_TRAIN",
-            "50",
-            "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE",
-            "16",
-        ],
-        capture_output=True,
-        text=True,
-        check=True,
+        [sys.executable, os.path.join(REPO_ROOT, "tools", "benchmark_train_step.py")]
+        + ["--config-file", baseline, str(student), "--height", "96", "--width", "128"]
+        + ["--batch", "1", "--persons", "2", "--warmup", "0", "--iters", "1"]
+        + opts,
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    rows = [
+        line for line in result.stdout.splitlines() if line.startswith("| ") and "---" not in line
+    ]
+    assert rows[0].startswith("| config | depth |") and rows[0].endswith(
+        "teacher forward s median |"
     )
-    rows = [line for line in result.stdout.splitlines() if line.startswith(f"| {config}")]
-    assert len(rows) == 2
-    first, second = ([c.strip() for c in row.strip("|").split("|")] for row in rows)
-    assert first[1:4] == ["R18", "cpu", "16"]
+    first, second = ([c.strip() for c in row.strip("|").split("|")] for row in rows[1:])
+    assert first[0] == baseline and second[0] == str(student)
+    assert first[1:4] == ["R18", "cpu", "16"] and second[1:4] == ["R18", "cpu", "16"]
     assert float(first[4]) > 0 and first[6] == "1.000"
     # The second config's ratio is its own median over the first's.
     assert float(second[6]) == pytest.approx(float(second[4]) / float(first[4]), rel=0.05, abs=0.01)
+    # Only the KD_det student has a teacher, whose forward pass is timed.
+    assert first[7] == "-" and float(second[7]) > 0
 
 
 def test_benchmark_trains_evaluates_and_prints_one_row_per_config(tmp_path):

@@ -3,8 +3,11 @@
 """
 Time one training step (forward + backward + SGD update) of person-search configs on synthetic
 images with persons, and print a Markdown table with each config's step time relative to the
-first one (e.g. KD_reid against its baseline). Nothing is read from disk but the configs (and the
-LUT files they name).
+first one (e.g. KD_reid against its baseline). For KD_det configs (DistillationRCNN) the teacher's
+share of a step is timed too, alone on the same batch: its backbone, RPN head and box head on as
+many boxes per image as the student samples, without gradients; KD_det should cost the baseline
+step plus about that. Nothing is read from disk but the configs (and the LUT files and teacher
+checkpoints they name).
 
     python tools/benchmark_train_step.py --config-file configs/scratch/oim_R_18_C4_scratch.yaml \
         configs/scratch/oim_R_50_C4_scratch.yaml --height 576 --width 768 --batch 2 \
@@ -26,6 +29,8 @@ from detectron2.utils.events import EventStorage
 
 from personsearch_kd import add_personsearch_config
 from personsearch_kd.engine import peak_memory_gb
+from personsearch_kd.modeling import DistillationRCNN
+from personsearch_kd.modeling.teacher import box_head_predictions, rpn_predictions
 
 
 def synthetic_batch(batch: int, height: int, width: int, persons: int, num_ids: int, seed: int):
@@ -65,7 +70,13 @@ def build_config(config_file: str, args):
             args.batch, args.height, args.width, args.persons, cfg.MODEL.OIM.NUM_IDS, seed=0
         ),
         "times": [],
+        "teacher_times": [],
     }
+
+
+def _synchronize(model):
+    if model.device.type == "cuda":
+        torch.cuda.synchronize()
 
 
 def train_step(run: dict) -> float:
@@ -75,8 +86,27 @@ def train_step(run: dict) -> float:
     run["optimizer"].zero_grad()
     sum(losses.values()).backward()
     run["optimizer"].step()
-    if run["model"].device.type == "cuda":
-        torch.cuda.synchronize()
+    _synchronize(run["model"])
+    return time.perf_counter() - start
+
+
+def teacher_forward(run: dict) -> float:
+    """
+    Seconds of the teacher's work in one KD_det step of ``run`` (a DistillationRCNN): backbone,
+    RPN head and box head on ROI_HEADS.BATCH_SIZE_PER_IMAGE boxes per image, no gradients.
+    """
+    model = run["model"]
+    teacher = model.teacher
+    rois = run["cfg"].MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE
+    # Which boxes does not matter for the time, only how many: each image's persons, repeated.
+    boxes = [x["instances"].gt_boxes.to(model.device) for x in run["inputs"]]
+    boxes = [Boxes(b.tensor.repeat(rois // len(b) + 1, 1)[:rois]) for b in boxes]
+    start = time.perf_counter()
+    with torch.no_grad():
+        features = teacher.backbone(model.teacher_images(run["inputs"]).tensor)
+        rpn_predictions(teacher.proposal_generator, features)
+        box_head_predictions(teacher.roi_heads, features, boxes)
+    _synchronize(model)
     return time.perf_counter() - start
 
 
@@ -93,8 +123,10 @@ def time_configs(args) -> list:
         for i in range(args.warmup + args.iters):
             for run in runs:
                 seconds = train_step(run)
+                teacher = teacher_forward(run) if isinstance(run["model"], DistillationRCNN) else 0
                 if i >= args.warmup:
                     run["times"].append(seconds)
+                    run["teacher_times"].append(teacher)
     reference = statistics.median(runs[0]["times"])
     return [
         {
@@ -105,6 +137,11 @@ def time_configs(args) -> list:
             "median": statistics.median(run["times"]),
             "min": min(run["times"]),
             "ratio": statistics.median(run["times"]) / reference,
+            "teacher": (
+                statistics.median(run["teacher_times"])
+                if isinstance(run["model"], DistillationRCNN)
+                else None
+            ),
         }
         for run in runs
     ], peak_memory_gb(device) * 1024
@@ -130,12 +167,16 @@ def main():
         f"{torch.__version__}, {torch.get_num_threads()} threads; peak memory of the process "
         f"{peak_mib:.0f} MiB\n"
     )
-    print("| config | depth | device | ROIs/img | s/step median | s/step min | x first config |")
-    print("|---|---|---|---|---|---|---|")
+    print(
+        "| config | depth | device | ROIs/img | s/step median | s/step min | x first config "
+        "| teacher forward s median |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
     for r in rows:
+        teacher = "-" if r["teacher"] is None else f"{r['teacher']:.3f}"
         print(
             f"| {r['config']} | R{r['depth']} | {r['device']} | {r['rois']} | "
-            f"{r['median']:.3f} | {r['min']:.3f} | {r['ratio']:.3f} |"
+            f"{r['median']:.3f} | {r['min']:.3f} | {r['ratio']:.3f} | {teacher} |"
         )
 
 

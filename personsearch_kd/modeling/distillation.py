@@ -161,7 +161,7 @@ class DistillationRCNN(PersonSearchRCNN):
         gt_instances = [x["instances"].to(self.device) for x in batched_inputs]
         features = self.backbone(images.tensor)
         with torch.no_grad():
-            teacher_features = self.teacher.backbone(self._teacher_images(batched_inputs).tensor)
+            teacher_features = self.teacher.backbone(self.teacher_images(batched_inputs).tensor)
         proposals, losses = self._rpn_losses(images, features, teacher_features, gt_instances)
         losses.update(self._rcn_losses(features, teacher_features, proposals, gt_instances))
         adapted = self.hint_adapter(features[self.hint_feature])
@@ -170,7 +170,7 @@ class DistillationRCNN(PersonSearchRCNN):
         )
         return losses
 
-    def _teacher_images(self, batched_inputs) -> ImageList:
+    def teacher_images(self, batched_inputs) -> ImageList:
         """The same images normalised the teacher's way (its INPUT.FORMAT, pixel mean/std)."""
         teacher = self.teacher
         if teacher.input_format == self.input_format:
