@@ -73,6 +73,8 @@ def test_config_builds_a_person_search_model(path, tmp_path):
     if cfg.MODEL.TEACHER.CONFIG_FILE:
         assert type(model).__name__ == "DistillationRCNN"
         assert type(model.teacher.roi_heads).__name__ == "PersonDetectorROIHeads"
+        # From scratch the bounded L2 regression diverged without clipping (README, KD_det).
+        assert cfg.SOLVER.CLIP_GRADIENTS.ENABLED and cfg.SOLVER.CLIP_GRADIENTS.CLIP_TYPE == "norm"
 
 
 def test_mot15_configs_have_one_lut_row_per_training_identity():
