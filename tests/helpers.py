@@ -4,6 +4,7 @@
 import importlib.util
 import json
 import os
+import sys
 
 import cv2
 import numpy as np
@@ -177,15 +178,26 @@ def write_mot_fixture(root, frames=8, tracks=((1, 2, 3), (1, 2))):
 
 def end_distributed_worker():
     """
-    Wait for every rank, then tear the process groups down. detectron2's launch leaves them to
-    interpreter exit, where a rank that finishes first can abort on a live gloo thread.
+    Wait for every rank, tear the process groups down, then end the worker process at once.
+
+    Ending through interpreter finalization is what aborts: live C++ threads (gloo workers, the
+    autograd engine) still hold Python objects and call back into a dying interpreter, so a
+    rank can die with "terminate called without an active exception" (SIGABRT) after its work
+    is done (pytorch/pytorch#190489; destroying the groups first made it rarer, not gone).
+    ``os._exit(0)`` skips finalization; ranks that fail raise before reaching this, so
+    detectron2's launch still reports them.
     """
     import torch.distributed as dist
 
     from detectron2.utils import comm
 
+    if comm.get_world_size() < 2:
+        raise RuntimeError("end_distributed_worker ends its process: call it in launched workers")
     comm.synchronize()
     dist.destroy_process_group()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def load_tool(name: str):
