@@ -226,13 +226,18 @@ class OIMROIHeads(Res5ROIHeads):
             ]
         )
         foreground = gt_classes != self.num_classes
-        if int(foreground.sum()) < 2:
-            # BatchNorm cannot normalise a single sample in training; there is nothing to match.
-            # The zero keeps every parameter in the graph, as DDP requires.
-            return sum(p.sum() for p in self.embed_head.parameters()) * 0.0 + pooled.sum() * 0.0
-        embeddings = self.embed_head(pooled[foreground])
-        fg_pids = pids[foreground]
-        loss = self.oim_loss(embeddings, fg_pids)
+        if int(foreground.sum()) >= 2:
+            embeddings = self.embed_head(pooled[foreground])
+            fg_pids = pids[foreground]
+            loss = self.oim_loss(embeddings, fg_pids)
+        else:
+            # BatchNorm cannot normalise a single sample in training, so this process embeds
+            # nothing; the zero keeps every parameter in the graph, as DDP requires.
+            embeddings = pooled.new_zeros((0, self.oim_loss.lut.shape[1]))
+            fg_pids = pids[:0]
+            loss = sum(p.sum() for p in self.embed_head.parameters()) * 0.0 + pooled.sum() * 0.0
+        # Every process enters the gather every iteration, even with nothing to add: skipping it
+        # here would leave the others waiting forever.
         self.oim_loss.update_memory(*_gather_from_all_ranks(embeddings.detach(), fg_pids))
         return loss
 
