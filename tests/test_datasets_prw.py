@@ -1,5 +1,8 @@
 # Copyright (c) personsearch_kd contributors. Licensed under the Apache License 2.0.
-"""PRW / PRW-mini loader: a written PRW fixture, the PRW-mini query list, malformed inputs."""
+"""
+PRW / PRW-mini loader: a written PRW fixture, the PRW-mini query list, malformed inputs, and one
+test per rule of the strict readers (the message names the file and the row, line or key).
+"""
 
 import os
 
@@ -14,6 +17,7 @@ import scipy.io  # noqa: E402
 from detectron2.data import DatasetCatalog, MetadataCatalog  # noqa: E402
 from detectron2.structures import BoxMode  # noqa: E402
 
+from personsearch_kd.data.datasets.checks import AnnotationError  # noqa: E402
 from personsearch_kd.data.datasets.mot import mot_split_statistics  # noqa: E402
 from personsearch_kd.data.datasets.prw import (  # noqa: E402
     load_prw,
@@ -262,3 +266,169 @@ def test_prw_mini_query_not_a_prw_query_identity(tmp_path):
         f.write("3 60 20 20 40 c2s1_000020\n")  # in the gallery, but not in query_info.txt
     with pytest.raises(ValueError, match=r"mini.txt:1: query pid 3 is not a query_info.txt"):
         load_prw(root, "test", mini)
+
+
+# --- Strict readers: one test per rule, on mutated copies of the fixture's real formats. ---
+
+
+def _annotation(root, name):
+    return root / "annotations" / f"{name}.jpg.mat"
+
+
+def _rows(root, name, rows, key="box_new"):
+    _save(_annotation(root, name), {key: np.array(rows, dtype=np.float64)})
+
+
+def _bytes(path, data):
+    with open(path, "wb") as f:
+        f.write(data)
+
+
+def _truncate(path, size):
+    data = open(path, "rb").read()
+    _bytes(path, data[:size])
+
+
+STRICT_RULES = [
+    (
+        "frame list of numbers",
+        "train",
+        lambda p: _save(p / "frame_train.mat", {"img_index_train": np.array([[1.0], [2.0]])}),
+        r"frame_train.mat: img_index_train must hold frame names, found float64",
+    ),
+    (
+        "the same frame twice",
+        "train",
+        lambda p: _save(
+            p / "frame_train.mat",
+            {"img_index_train": np.array([["c1s1_000001"], ["c1s1_000001.jpg"]], dtype=object)},
+        ),
+        r"frame_train.mat: img_index_train\[1\]: frame 'c1s1_000001' listed twice \(also \[0\]\)",
+    ),
+    (
+        "a frame name with a path",
+        "test",
+        lambda p: _save(p / "frame_test.mat", {"img_index_test": ["../c1s2_000010"]}),
+        r"frame_test.mat: img_index_test: '../c1s2_000010' is not a frame name",
+    ),
+    (
+        "a truncated .mat",
+        "train",
+        lambda p: _truncate(p / "frame_train.mat", 150),
+        r"frame_train.mat: not a readable .mat file",
+    ),
+    (
+        "a .mat of text",
+        "test",
+        lambda p: _bytes(_annotation(p, "c2s1_000020"), b"MATLAB 5.0 but not really"),
+        r"c2s1_000020.jpg.mat: not a readable .mat file",
+    ),
+    (
+        "rows of text",
+        "train",
+        lambda p: _save(_annotation(p, "c1s1_000001"), {"box_new": "abcde"}),
+        r"c1s1_000001.jpg.mat: box_new rows must be \[id, x, y, w, h\], got <U5",
+    ),
+    (
+        "a NaN box",
+        "train",
+        lambda p: _rows(p, "c1s1_000001", [[932, 10, 10, 20, 40], [5, 50, 10, np.nan, 40]]),
+        r"c1s1_000001.jpg.mat: box_new row 1: NaN or infinity in \[5.0, 50.0, 10.0, nan, 40.0\]",
+    ),
+    (
+        "an infinite box",
+        "test",
+        lambda p: _rows(p, "c2s1_000020", [[100, 30, np.inf, 20, 40]], "anno_previous"),
+        r"c2s1_000020.jpg.mat: anno_previous row 0: NaN or infinity",
+    ),
+    (
+        "a fractional id",
+        "train",
+        lambda p: _rows(p, "c1s1_000001", [[932, 10, 10, 20, 40], [2.5, 50, 10, 20, 40]]),
+        r"c1s1_000001.jpg.mat: box_new row 1: id 2.5 is not a PRW id",
+    ),
+    (
+        "id -1",
+        "train",
+        lambda p: _rows(p, "c2s1_000001", [[-1, 140, 60, 30, 80]]),
+        r"c2s1_000001.jpg.mat: box_new row 0: id -1.0 is not a PRW id",
+    ),
+    (
+        "id -3",
+        "train",
+        lambda p: _rows(p, "c2s1_000001", [[-3, 140, 60, 30, 80]]),
+        r"c2s1_000001.jpg.mat: box_new row 0: id -3.0 is not a PRW id",
+    ),
+    (
+        "a labeled id twice in one frame",
+        "test",
+        lambda p: _rows(p, "c3s1_000030", [[932, 10.5, 10, 20, 40], [932, 50, 10, 20, 40]]),
+        r"c3s1_000030.jpg.mat: box_new row 1: id 932 twice in one frame \(also row 0\)",
+    ),
+    (
+        "a query list with non-UTF-8 bytes",
+        "test",
+        lambda p: _bytes(p / "query_info.txt", b"932 10 10 20 40 c1s2_000010\r\n\xff\r\n"),
+        r"query_info.txt: not UTF-8 text",
+    ),
+    (
+        "a query with id -2",
+        "test",
+        lambda p: _write_queries(p / "query_info.txt", QUERIES + ["-2 70 10 20 40 c1s2_000010"]),
+        r"query_info.txt:4: query pid must be an identity >= 0, got -2",
+    ),
+    (
+        "a fractional query pid",
+        "test",
+        lambda p: _write_queries(p / "query_info.txt", ["2.5 30 20 20 40 c2s1_000020"]),
+        r"query_info.txt:1: pid x y w h must be numbers",
+    ),
+    (
+        "a NaN query box",
+        "test",
+        lambda p: _write_queries(p / "query_info.txt", ["100 nan 20 20 40 c2s1_000020"]),
+        r"query_info.txt:1: NaN or infinity in x y w h",
+    ),
+    (
+        "a query listed twice",
+        "test",
+        lambda p: _write_queries(p / "query_info.txt", QUERIES + QUERIES[:1]),
+        r"query_info.txt:4: query pid 932 in c1s2_000010 twice \(also line 1\)",
+    ),
+    (
+        "a query box off its image",
+        "test",
+        lambda p: _write_queries(p / "query_info.txt", ["100 170 20 20 40 c2s1_000020"]),
+        r"query_info.txt:1: query box \[170.0, 20.0, 190.0, 60.0\] .* is off its 160x120 image",
+    ),
+    (
+        "a query pid whose frame lost it",
+        "test",
+        lambda p: (
+            _rows(p, "c1s2_000010", [[932, 10, 10, 20, 40]]),
+            _rows(p, "c2s1_000020", [[3, 60, 20, 20, 40]], "anno_previous"),
+        ),
+        r"query_info.txt:2: query pid 100 appears in no test frame annotation "
+        r"\(its frame's: .*annotations/c2s1_000020.jpg.mat\)",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    "rule, split, breakage, message", STRICT_RULES, ids=[r[0] for r in STRICT_RULES]
+)
+def test_strict_rule(tmp_path, rule, split, breakage, message):
+    write_prw_fixture(tmp_path)
+    breakage(tmp_path)
+    with pytest.raises(AnnotationError, match=message):
+        load_prw(str(tmp_path), split)
+
+
+def test_unlabeled_id_may_repeat_and_an_empty_frame_loads(tmp_path):
+    root = write_prw_fixture(tmp_path)
+    _rows(
+        tmp_path, "c1s1_000001", [[932, 10, 10, 20, 40], [-2, 50, 10, 20, 40], [-2, 80, 20, 9, 9]]
+    )
+    _save(_annotation(tmp_path, "c1s1_000002"), {"box_new": np.zeros((0, 5))})
+    train = load_prw(root, "train")
+    assert [_pids(r) for r in train] == [[1, -1, -1], [], [0]]
