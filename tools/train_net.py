@@ -6,6 +6,7 @@ personsearch_kd training script: detectron2's usual CLI (--config-file, --num-gp
 """
 
 import os
+import weakref
 
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import get_cfg
@@ -20,7 +21,7 @@ from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
 from personsearch_kd import PersonSearchDatasetMapper, add_personsearch_config
-from personsearch_kd.engine import PeakMemory
+from personsearch_kd.engine import PeakMemory, SafeCheckpointer
 from personsearch_kd.evaluation import PersonSearchEvaluator
 
 
@@ -46,6 +47,11 @@ class Trainer(DefaultTrainer):
         return build_detection_test_loader(gallery, mapper=DatasetMapper(cfg, False))
 
     def build_hooks(self):
+        # DefaultTrainer.__init__ makes a plain DetectionCheckpointer just before it calls this;
+        # swapping it here is the one place where the checkpoint hooks are not yet built.
+        self.checkpointer = SafeCheckpointer(
+            self.checkpointer.model, self.cfg.OUTPUT_DIR, trainer=weakref.proxy(self)
+        )
         hooks = super().build_hooks()
         # Before the writers (last), so each period's metrics.json line has the peak so far.
         hooks.insert(-1, PeakMemory(self.cfg.MODEL.DEVICE))

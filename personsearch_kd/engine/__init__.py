@@ -1,5 +1,12 @@
 # Copyright (c) personsearch_kd contributors. Licensed under the Apache License 2.0.
+from .checkpoint import SafeCheckpointer, non_finite_tensors
 from .hooks import PeakMemory, peak_memory_gb
 from .predictor import PersonSearchPredictor
 
-__all__ = ["PeakMemory", "PersonSearchPredictor", "peak_memory_gb"]
+__all__ = [
+    "PeakMemory",
+    "PersonSearchPredictor",
+    "SafeCheckpointer",
+    "non_finite_tensors",
+    "peak_memory_gb",
+]
