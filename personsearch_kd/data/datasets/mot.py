@@ -292,7 +292,8 @@ def _frames(seq_dir: str, info: Dict, first: int, last: int) -> Dict[int, str]:
     """frame number -> image file name, for the images of ``[first, last]``."""
     image_dir = os.path.join(seq_dir, info["im_dir"])
     if not os.path.isdir(image_dir):
-        raise FileNotFoundError(f"{image_dir}: missing image folder")
+        seqinfo = os.path.join(seq_dir, "seqinfo.ini")
+        raise FileNotFoundError(f"{image_dir}: missing image folder (imDir of {seqinfo})")
     frames = {}
     for name in sorted(os.listdir(image_dir)):
         stem, ext = os.path.splitext(name)

@@ -245,10 +245,13 @@ def _read_split(root: str, split: str) -> List[Dict]:
     frames = []
     for name in read_prw_frames(root, split):
         file_name = os.path.join(root, "frames", f"{name}.jpg")
+        annotation = os.path.join(root, "annotations", f"{name}.jpg.mat")
+        # A frame list naming a frame that is not there is as likely at fault as the frame.
+        for path, what in ((file_name, "frame image"), (annotation, "file")):
+            if not os.path.isfile(path):
+                raise FileNotFoundError(f"{path}: missing {what} (frame {name!r} of {split_file})")
         width, height = _image_size(file_name)
-        rows = read_prw_annotation(
-            os.path.join(root, "annotations", f"{name}.jpg.mat"), width, height
-        )
+        rows = read_prw_annotation(annotation, width, height)
         frames.append(
             {
                 "file_name": file_name,
