@@ -1,6 +1,11 @@
 # Copyright (c) personsearch_kd contributors. Licensed under the Apache License 2.0.
 from detectron2.config import CfgNode as CN
 
+__all__ = ["add_personsearch_config", "student_config"]
+
+# Meta-architectures that train with a teacher, and the architecture of their student alone.
+_STUDENT_ARCHITECTURE = {"DistillationRCNN": "PersonSearchRCNN"}
+
 
 def add_personsearch_config(cfg):
     """
@@ -73,3 +78,24 @@ def add_personsearch_config(cfg):
     # Evaluate detection only (AP, recall), for plain detectors such as the DET teachers of
     # KD_det: the queries of the test sets are not run.
     _C.TEST.PERSON_SEARCH.DETECTION_ONLY = False
+
+
+def student_config(cfg):
+    """
+    The config of the student alone, for inference (``--eval-only``, the predictor, the search
+    demo, exports): a copy of ``cfg`` that builds no teacher and reads no LUT file. Teachers are
+    for training only; the student's checkpoint holds everything inference needs (its LUT
+    included), so their files may be gone. Loading a distillation checkpoint into it logs the
+    unused training-only keys (the KD_det hint adapter).
+    """
+    frozen = cfg.is_frozen()
+    cfg = cfg.clone()
+    cfg.defrost()
+    arch = cfg.MODEL.META_ARCHITECTURE
+    cfg.MODEL.META_ARCHITECTURE = _STUDENT_ARCHITECTURE.get(arch, arch)
+    cfg.MODEL.TEACHER.CONFIG_FILE = ""
+    cfg.MODEL.TEACHER.WEIGHTS = ""
+    cfg.MODEL.OIM.LUT_FILE = ""
+    if frozen:
+        cfg.freeze()
+    return cfg

@@ -93,12 +93,13 @@ def evaluate(config_file, opts, json_file):
     from detectron2.modeling import build_model
     from detectron2.utils.logger import setup_logger
 
+    from personsearch_kd import student_config
     from personsearch_kd.engine import peak_memory_gb
     from personsearch_kd.evaluation import PersonSearchEvaluator, RandomFeatureEvaluator
 
     setup_logger()
     cfg = load_cfg(config_file, opts)
-    model = build_model(cfg)
+    model = build_model(student_config(cfg))
     DetectionCheckpointer(model).load(os.path.join(cfg.OUTPUT_DIR, "model_final.pth"))
     (dataset,) = cfg.DATASETS.TEST
     thresholds = dict(

@@ -26,7 +26,7 @@ from detectron2.modeling import build_model
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
-from personsearch_kd import add_personsearch_config
+from personsearch_kd import add_personsearch_config, student_config
 from personsearch_kd.engine.teacher_lut import (
     OIM_LUT_KEY,
     labeled_box_queries,
@@ -91,7 +91,7 @@ def export(args) -> None:
         dataset = args.dataset or list(cfg.DATASETS.TRAIN)
         dicts = [d for name in dataset for d in DatasetCatalog.get(name)]
         queries = labeled_box_queries(dicts)
-        model = build_model(cfg)
+        model = build_model(student_config(cfg))  # a distilled teacher needs no teacher of its own
         DetectionCheckpointer(model).load(args.weights)
         result = teacher_box_features(model, queries, cfg, cfg.DATALOADER.NUM_WORKERS)
         if result is None:  # not the main process

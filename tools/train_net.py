@@ -20,7 +20,7 @@ from detectron2.engine import DefaultTrainer, default_argument_parser, default_s
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
-from personsearch_kd import PersonSearchDatasetMapper, add_personsearch_config
+from personsearch_kd import PersonSearchDatasetMapper, add_personsearch_config, student_config
 from personsearch_kd.engine import PeakMemory, SafeCheckpointer
 from personsearch_kd.evaluation import PersonSearchEvaluator
 
@@ -81,7 +81,8 @@ def main(args):
     cfg = setup(args)
 
     if args.eval_only:
-        model = Trainer.build_model(cfg)
+        # Teachers are for training: evaluation needs the student's checkpoint only.
+        model = Trainer.build_model(student_config(cfg))
         DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
             cfg.MODEL.WEIGHTS, resume=args.resume
         )

@@ -6,6 +6,8 @@ import torch
 
 from detectron2.engine import DefaultPredictor
 
+from ..config import student_config
+
 __all__ = ["PersonSearchPredictor"]
 
 
@@ -15,7 +17,13 @@ class PersonSearchPredictor(DefaultPredictor):
     for a :class:`PersonSearchRCNN`: calling it on a gallery image gives detections with
     ``reid_feats``; :meth:`embed_query` embeds a given box; :meth:`search` ranks a gallery.
     For demos and small galleries: every gallery image is run once per call.
+
+    A distillation config gives its student alone (:func:`student_config`): teacher files are
+    not needed.
     """
+
+    def __init__(self, cfg):
+        super().__init__(student_config(cfg))
 
     def _inputs(self, original_image: np.ndarray) -> Dict:
         if self.input_format == "RGB":
