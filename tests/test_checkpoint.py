@@ -1,5 +1,5 @@
 # Copyright (c) personsearch_kd contributors. Licensed under the Apache License 2.0.
-"""SafeCheckpointer: atomic checkpoint and last_checkpoint files, no checkpoint of a diverged model."""
+"""SafeCheckpointer: atomic checkpoint and last_checkpoint files, never a diverged model saved."""
 
 import os
 import signal
