@@ -6,7 +6,7 @@ Make a smaller copy of a MOTChallenge person-search folder (``<seq>/img1``, ``<s
 JPEGs at a given quality, and keep only the gt rows of kept frames. This is how
 ``datasets/mot15-ps-sample`` was made from mot15-ps-mini:
 
-    python tools/make_mot_sample.py --src ../shared/data/mot15-ps-mini \
+    python tools/make_mot_sample.py --src /path/to/datasets/mot15-ps-mini \
         --dst datasets/mot15-ps-sample --every 2 --quality 80
 
 Copy the data's licence notice into the new folder yourself (its README).

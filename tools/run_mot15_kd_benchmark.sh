@@ -7,7 +7,7 @@
 # tools/benchmark.py. What is done already is skipped: trained configs (OUTPUT_DIR/model_final.pth),
 # exported tables, saved evaluations. Extra arguments go to tools/benchmark.py (e.g. --retrain).
 #
-#   DETECTRON2_DATASETS=../shared/data tools/run_mot15_kd_benchmark.sh cpu    # or: gpu
+#   DETECTRON2_DATASETS=/path/to/datasets tools/run_mot15_kd_benchmark.sh cpu    # or: gpu
 set -euo pipefail
 cd "$(dirname "$0")/.."
 size=${1:?usage: $0 cpu|gpu [tools/benchmark.py arguments]}
