@@ -160,7 +160,8 @@ def training_summary(output_dir):
 def hardware(device):
     if device.startswith("cuda") and torch.cuda.is_available():
         return f"{torch.cuda.get_device_name()} (torch {torch.__version__})"
-    return f"CPU {platform.processor() or platform.machine()}, {os.cpu_count()} cores (torch {torch.__version__})"
+    cpu = platform.processor() or platform.machine()
+    return f"CPU {cpu}, {os.cpu_count()} cores (torch {torch.__version__})"
 
 
 def _fmt(value, spec):
