@@ -9,8 +9,6 @@ import pytest
 pytest.importorskip("detectron2")
 
 import cv2  # noqa: E402
-import torch  # noqa: E402
-from torch import nn  # noqa: E402
 
 from detectron2.data import (
     DatasetCatalog,
@@ -20,7 +18,6 @@ from detectron2.data import (
 from detectron2.engine import launch  # noqa: E402
 from detectron2.evaluation import DatasetEvaluators, inference_on_dataset  # noqa: E402
 from detectron2.modeling import build_model  # noqa: E402
-from detectron2.structures import Boxes, Instances  # noqa: E402
 
 from personsearch_kd.data.datasets import register_mot_person_search  # noqa: E402
 from personsearch_kd.evaluation import (  # noqa: E402
@@ -29,6 +26,7 @@ from personsearch_kd.evaluation import (  # noqa: E402
 )
 
 from helpers import (  # noqa: E402
+    OracleModel,
     end_distributed_worker,
     load_tool,
     set_seed,
@@ -45,38 +43,6 @@ def fixture_test_set(tmp_path):
     for split in ("train", "test"):
         DatasetCatalog.remove(f"{name}_{split}")
         MetadataCatalog.remove(f"{name}_{split}")
-
-
-class OracleModel(nn.Module):
-    """Returns the ground truth as detections, with a one-hot feature per identity."""
-
-    def __init__(self, records, dim=16, wrong_queries=False):
-        super().__init__()
-        self.gt = {r["image_id"]: r["annotations"] for r in records if "query_boxes" not in r}
-        self.dim = dim
-        self.wrong_queries = wrong_queries
-
-    def _onehot(self, pid):
-        feat = torch.zeros(self.dim)
-        feat[pid if pid >= 0 else self.dim - 1] = 1.0
-        return feat
-
-    def forward(self, inputs):
-        outputs = []
-        for inp in inputs:
-            inst = Instances((inp["height"], inp["width"]))
-            if "query_boxes" in inp:
-                pid = inp["query_pid"] + (1 if self.wrong_queries else 0)
-                inst.pred_boxes = Boxes(torch.tensor(inp["query_boxes"]))
-                inst.scores = torch.ones(1)
-                inst.reid_feats = self._onehot(pid)[None]
-            else:
-                annos = self.gt[inp["image_id"]]
-                inst.pred_boxes = Boxes(torch.tensor([a["bbox"] for a in annos]))
-                inst.scores = torch.full((len(annos),), 0.99)
-                inst.reid_feats = torch.stack([self._onehot(a["person_id"]) for a in annos])
-            outputs.append({"instances": inst})
-        return outputs
 
 
 def _evaluate(model, dataset_name, cfg, output_dir=None, **kwargs):

@@ -13,8 +13,6 @@ pytest.importorskip("detectron2")
 
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from torch import nn  # noqa: E402
 
 from detectron2.data import (  # noqa: E402
     DatasetCatalog,
@@ -23,14 +21,14 @@ from detectron2.data import (  # noqa: E402
     build_detection_train_loader,
 )
 from detectron2.evaluation import inference_on_dataset  # noqa: E402
-from detectron2.structures import BoxMode, Boxes, Instances  # noqa: E402
+from detectron2.structures import BoxMode  # noqa: E402
 
 import personsearch_kd.data  # noqa: E402
 import personsearch_kd.data.datasets  # noqa: E402
 from personsearch_kd import PersonSearchDatasetMapper  # noqa: E402
 from personsearch_kd.evaluation import PersonSearchEvaluator  # noqa: E402
 
-from helpers import REPO_ROOT, load_tool, model_inputs, tiny_cfg  # noqa: E402
+from helpers import REPO_ROOT, OracleModel, load_tool, model_inputs, tiny_cfg  # noqa: E402
 
 SECTION = "## Registering your own dataset"
 
@@ -146,43 +144,15 @@ def test_test_set_dicts(my_dataset):
     assert metadata.evaluator_type == personsearch_kd.data.datasets.PERSON_SEARCH_EVALUATOR
 
 
-class _Oracle(nn.Module):
-    """The ground truth as detections, one-hot features per identity (unlabeled: the last)."""
-
-    def __init__(self, records, dim=8):
-        super().__init__()
-        self.gt = {r["image_id"]: r["annotations"] for r in records if "query_boxes" not in r}
-        self.dim = dim
-
-    def _onehot(self, pid):
-        feat = torch.zeros(self.dim)
-        feat[pid if pid >= 0 else self.dim - 1] = 1.0
-        return feat
-
-    def forward(self, inputs):
-        outputs = []
-        for inp in inputs:
-            inst = Instances((inp["height"], inp["width"]))
-            if "query_boxes" in inp:
-                inst.pred_boxes = Boxes(torch.tensor(inp["query_boxes"]))
-                inst.scores = torch.ones(1)
-                inst.reid_feats = self._onehot(inp["query_pid"])[None]
-            else:
-                annos = self.gt[inp["image_id"]]
-                inst.pred_boxes = Boxes(torch.tensor([a["bbox"] for a in annos]))
-                inst.scores = torch.full((len(annos),), 0.99)
-                inst.reid_feats = torch.stack([self._onehot(a["person_id"]) for a in annos])
-            outputs.append({"instances": inst})
-        return outputs
-
-
 def test_evaluator_accepts_the_test_set(my_dataset):
     name, _ = my_dataset
     dataset = f"{name}_test"
     # DATASETS.TEST: detectron2's test loader and our evaluator find the set by name.
     loader = build_detection_test_loader(tiny_cfg(18), dataset)
     evaluator = PersonSearchEvaluator(dataset, distributed=False)
-    results = inference_on_dataset(_Oracle(DatasetCatalog.get(dataset)), loader, evaluator)
+    results = inference_on_dataset(
+        OracleModel(DatasetCatalog.get(dataset), dim=8), loader, evaluator
+    )
     results = results["person_search"]
     for key in ("det_AP", "det_recall", "mAP", "top1"):
         assert results[key] == pytest.approx(100.0), key
