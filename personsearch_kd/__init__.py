@@ -10,9 +10,9 @@ from importlib.util import find_spec
 __version__ = "0.1.0"
 
 if find_spec("detectron2") is not None:
-    from .config import add_personsearch_config, student_config
+    from .config import add_personsearch_config, add_teacher, student_config
     from .data import PersonSearchDatasetMapper
-    from .modeling import DistillationRCNN, IDEmbeddingHead, OIMROIHeads, PersonSearchRCNN
+    from .modeling import EmbeddingHead, OIMROIHeads, PersonSearchRCNN
 else:
 
     def __getattr__(name):

@@ -1,16 +1,13 @@
 # Copyright (c) personsearch_kd contributors. Licensed under the Apache License 2.0.
 from detectron2.config import CfgNode as CN
 
-__all__ = ["add_personsearch_config", "student_config"]
-
-# Meta-architectures that train with a teacher, and the architecture of their student alone.
-_STUDENT_ARCHITECTURE = {"DistillationRCNN": "PersonSearchRCNN"}
+__all__ = ["add_personsearch_config", "add_teacher", "student_config"]
 
 
 def add_personsearch_config(cfg):
     """
-    Add config for personsearch_kd: the OIM identity branch and loss, the KD_det teacher and
-    losses, the person-search evaluation.
+    Add config for personsearch_kd: the OIM identity branch and loss, the re-ID head and its
+    losses, teachers and distillation losses (KD_det's keys), the person-search evaluation.
     Call it on a fresh ``get_cfg()`` before ``merge_from_file``.
     """
     _C = cfg
@@ -32,28 +29,43 @@ def add_personsearch_config(cfg):
     _C.MODEL.OIM.LOSS_WEIGHT = 1.0
     # Keep the LUT fixed: it is never updated by training (KD_reid). The queue still updates.
     _C.MODEL.OIM.FREEZE_LUT = False
-    # KD_reid: a teacher's LUT file (tools/export_lut.py; format in personsearch_kd/layers/
-    # lut_file.py), checked against DATASETS.TRAIN, NUM_IDS and EMBED_DIM and copied into the LUT
-    # when the model is built; weights loaded later (MODEL.WEIGHTS, --resume) that contain a LUT
-    # take precedence, so a resumed run keeps its own table.
-    _C.MODEL.OIM.LUT_FILE = ""
 
-    _C.MODEL.TEACHER = CN()
-    # KD_det (meta-architecture DistillationRCNN): the frozen teacher detector, built from its
-    # own config (its own pixel mean/std, input format, backbone), e.g.
-    # configs/mot15/det_R_50_C4_cpu.yaml.
-    _C.MODEL.TEACHER.CONFIG_FILE = ""
-    # The teacher's trained checkpoint, loaded with DetectionCheckpointer (required).
-    _C.MODEL.TEACHER.WEIGHTS = ""
-    # KEY VALUE overrides of the teacher's config (MODEL.DEVICE always follows the student's).
-    _C.MODEL.TEACHER.OPTS = []
+    _C.MODEL.REID = CN()
+    # The re-ID head (REID_HEAD_REGISTRY): ROI feature maps -> embeddings (+ identity logits).
+    _C.MODEL.REID.HEAD_NAME = "EmbeddingHead"
+    # Its losses (REID_LOSS_REGISTRY), summed: "OIMReIDLoss" (MODEL.OIM), "IdentityCrossEntropyLoss"
+    # (MODEL.REID.ID_CE; gives the head a classifier), "TripletReIDLoss" (MODEL.REID.TRIPLET).
+    _C.MODEL.REID.LOSSES = ["OIMReIDLoss"]
+    _C.MODEL.REID.ID_CE = CN()
+    # Weight of the identity cross-entropy, and its label smoothing (0.1 in re-ID baselines).
+    _C.MODEL.REID.ID_CE.WEIGHT = 1.0
+    _C.MODEL.REID.ID_CE.LABEL_SMOOTHING = 0.1
+    _C.MODEL.REID.TRIPLET = CN()
+    # Weight and margin of the batch-hard triplet loss on labeled boxes (0.3 in re-ID baselines).
+    _C.MODEL.REID.TRIPLET.WEIGHT = 1.0
+    _C.MODEL.REID.TRIPLET.MARGIN = 0.3
+
+    # Teachers, for training only (personsearch_kd/distillation/teachers.py), each under a name of
+    # your choice: MODEL.TEACHERS.<name>.KIND (TEACHER_REGISTRY: "DetectorTeacher",
+    # "LUTFileTeacher"), .CONFIG_FILE, .WEIGHTS, .OPTS (KEY VALUE overrides of its config). Add
+    # them in a YAML file or with personsearch_kd.add_teacher(cfg, name, kind, ...).
+    _C.MODEL.TEACHERS = CN(new_allowed=True)
+    _C.MODEL.DISTILLATION = CN()
+    # Distillation losses (DISTILL_LOSS_REGISTRY), each reading the student's training forward
+    # and a teacher's outputs, e.g. the three of KD_det: "HintLoss", "RPNDistillLoss",
+    # "RCNDistillLoss" (their keys are in MODEL.KD_DET).
+    _C.MODEL.DISTILLATION.LOSSES = []
 
     _C.MODEL.KD_DET = CN()
+    # The name (in MODEL.TEACHERS) of the DetectorTeacher the KD_det losses compare with.
+    _C.MODEL.KD_DET.TEACHER = "detector"
     # lambda_hint: weight of the L2 hint loss between the 1x1-conv-adapted student feature and the
     # teacher's (0.5 in the seed paper).
     _C.MODEL.KD_DET.HINT_WEIGHT = 0.5
-    # The backbone output compared by the hint loss (the "BaseNet" output: res4 for C4).
+    # The student's backbone output compared by the hint loss (the "BaseNet" output: res4 for C4)
+    # and the teacher's ("" = the same name; e.g. "p4", stride 16 like res4, for an FPN teacher).
     _C.MODEL.KD_DET.HINT_FEATURE = "res4"
+    _C.MODEL.KD_DET.HINT_TEACHER_FEATURE = ""
     # mu: weight of the ground-truth CE in RPN and RCN classification; 1 - mu weighs the soft CE
     # against the teacher.
     _C.MODEL.KD_DET.HARD_WEIGHT = 0.5
@@ -80,22 +92,31 @@ def add_personsearch_config(cfg):
     _C.TEST.PERSON_SEARCH.DETECTION_ONLY = False
 
 
+def add_teacher(cfg, name: str, kind: str, weights: str, config_file: str = "", opts=()):
+    """
+    Add the teacher ``MODEL.TEACHERS.<name>`` to ``cfg`` (as a YAML block would): ``kind`` from
+    TEACHER_REGISTRY, its ``weights`` (a checkpoint, or a LUT file for "LUTFileTeacher"), its own
+    ``config_file`` and KEY VALUE ``opts`` overrides of that config.
+    """
+    cfg.MODEL.TEACHERS[name] = CN(
+        {"KIND": kind, "CONFIG_FILE": config_file, "WEIGHTS": weights, "OPTS": list(opts)}
+    )
+    return cfg
+
+
 def student_config(cfg):
     """
     The config of the student alone, for inference (``--eval-only``, the predictor, the search
-    demo, exports): a copy of ``cfg`` that builds no teacher and reads no LUT file. Teachers are
-    for training only; the student's checkpoint holds everything inference needs (its LUT
-    included), so their files may be gone. Loading a distillation checkpoint into it logs the
-    unused training-only keys (the KD_det hint adapter).
+    demo, exports): a copy of ``cfg`` without teachers and distillation losses. Teachers are for
+    training only; the student's checkpoint holds everything inference needs (its LUT included),
+    so their files may be gone. Loading a distillation checkpoint into it logs the unused
+    training-only keys (the KD_det hint adapter).
     """
     frozen = cfg.is_frozen()
     cfg = cfg.clone()
     cfg.defrost()
-    arch = cfg.MODEL.META_ARCHITECTURE
-    cfg.MODEL.META_ARCHITECTURE = _STUDENT_ARCHITECTURE.get(arch, arch)
-    cfg.MODEL.TEACHER.CONFIG_FILE = ""
-    cfg.MODEL.TEACHER.WEIGHTS = ""
-    cfg.MODEL.OIM.LUT_FILE = ""
+    cfg.MODEL.TEACHERS = CN(new_allowed=True)
+    cfg.MODEL.DISTILLATION.LOSSES = []
     if frozen:
         cfg.freeze()
     return cfg

@@ -115,7 +115,7 @@ def test_diverging_training_stops_naming_the_iteration_and_keeps_the_last_good_c
 
         def before_step(self):
             if self.trainer.iter == 1:
-                self.trainer.model.roi_heads.embed_head.norm.running_var[0] = float("nan")
+                self.trainer.model.roi_heads.reid_head.norm.running_var[0] = float("nan")
 
     name = f"ps_diverging_{os.getpid()}"
     records = [synthetic_record(tmp_path, i, pids) for i, pids in enumerate([[0, 1], [2, -1]])]

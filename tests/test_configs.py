@@ -39,15 +39,16 @@ def test_config_builds_a_person_search_model(path, tmp_path):
         model = build_model(cfg)
         assert type(model.roi_heads).__name__ == "PersonDetectorROIHeads"
         return
-    teacher_lut = None
-    if cfg.MODEL.OIM.LUT_FILE:
+    teacher_lut, kinds = None, {spec.KIND: name for name, spec in cfg.MODEL.TEACHERS.items()}
+    if "LUTFileTeacher" in kinds:
         # KD_reid: the teacher's exported table stands in for the file the config names.
         teacher_lut = torch.nn.functional.normalize(
             torch.randn(cfg.MODEL.OIM.NUM_IDS, cfg.MODEL.OIM.EMBED_DIM), dim=1
         )
-        cfg.MODEL.OIM.LUT_FILE = str(tmp_path / "lut.pth")
+        spec = cfg.MODEL.TEACHERS[kinds["LUTFileTeacher"]]
+        spec.WEIGHTS = str(tmp_path / "lut.pth")
         save_lut_file(
-            cfg.MODEL.OIM.LUT_FILE,
+            spec.WEIGHTS,
             teacher_lut,
             cfg.DATASETS.TRAIN,
             range(cfg.MODEL.OIM.NUM_IDS),
@@ -55,24 +56,26 @@ def test_config_builds_a_person_search_model(path, tmp_path):
             "",
             "teacher.pth",
         )
-    if cfg.MODEL.TEACHER.CONFIG_FILE:
+    if "DetectorTeacher" in kinds:
         # KD_det: the named teacher config (a shipped DET config), with an untrained checkpoint.
-        cfg.MODEL.TEACHER.CONFIG_FILE = os.path.join(REPO_ROOT, cfg.MODEL.TEACHER.CONFIG_FILE)
-        teacher_cfg = _cfg(cfg.MODEL.TEACHER.CONFIG_FILE)
+        spec = cfg.MODEL.TEACHERS[kinds["DetectorTeacher"]]
+        spec.CONFIG_FILE = os.path.join(REPO_ROOT, spec.CONFIG_FILE)
+        teacher_cfg = _cfg(spec.CONFIG_FILE)
         teacher_cfg.MODEL.DEVICE = "cpu"
         assert teacher_cfg.TEST.PERSON_SEARCH.DETECTION_ONLY
         DetectionCheckpointer(build_model(teacher_cfg), save_dir=str(tmp_path)).save("teacher")
-        cfg.MODEL.TEACHER.WEIGHTS = str(tmp_path / "teacher.pth")
+        spec.WEIGHTS = str(tmp_path / "teacher.pth")
     model = build_model(cfg)
     assert isinstance(model, PersonSearchRCNN)
     oim = model.roi_heads.oim_loss
     assert oim.lut.shape == (cfg.MODEL.OIM.NUM_IDS, cfg.MODEL.OIM.EMBED_DIM)
     if teacher_lut is not None:
         assert torch.equal(oim.lut, teacher_lut) and oim.freeze_lut
-        assert model.roi_heads.oim_loss_weight == 0.1
-    if cfg.MODEL.TEACHER.CONFIG_FILE:
-        assert type(model).__name__ == "DistillationRCNN"
-        assert type(model.teacher.roi_heads).__name__ == "PersonDetectorROIHeads"
+        assert oim.weight == 0.1
+    if "DetectorTeacher" in kinds:
+        teacher = model.teachers[kinds["DetectorTeacher"]]
+        assert type(teacher.model.roi_heads).__name__ == "PersonDetectorROIHeads"
+        assert set(model.distillation_losses) == {"HintLoss", "RPNDistillLoss", "RCNDistillLoss"}
         # From scratch the bounded L2 regression diverged without clipping (README, KD_det).
         assert cfg.SOLVER.CLIP_GRADIENTS.ENABLED and cfg.SOLVER.CLIP_GRADIENTS.CLIP_TYPE == "norm"
 

@@ -93,8 +93,9 @@ def _oim_steps_with_few_foreground_rois(out_dir):
     head.train()
     for pids in FOREGROUND_PIDS[rank]:
         rois = _sampled_rois(pids, 4, head.num_classes, with_gt=bool(pids))
-        pooled = torch.randn(len(rois), 512, requires_grad=True)
-        loss = head._oim_loss(pooled, [rois])
+        box_features = torch.randn(len(rois), 512, 2, 2, requires_grad=True)
+        reid, fg_pids = head._embed_foreground(box_features, [rois])
+        loss = head._reid_losses(reid, fg_pids, box_features)["loss_oim"]
         loss.backward()
         assert torch.isfinite(loss)
     oim = head.oim_loss

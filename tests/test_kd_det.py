@@ -1,5 +1,5 @@
 # Copyright (c) personsearch_kd contributors. Licensed under the Apache License 2.0.
-"""KD_det: DistillationRCNN with a frozen teacher detector."""
+"""KD_det: a student with a frozen DetectorTeacher and the three KD_det distillation losses."""
 
 import pickle
 
@@ -13,23 +13,22 @@ from detectron2.checkpoint import DetectionCheckpointer  # noqa: E402
 from detectron2.modeling import build_model  # noqa: E402
 from detectron2.utils.events import EventStorage  # noqa: E402
 
+from personsearch_kd import add_teacher  # noqa: E402
+
 from helpers import det_teacher, model_inputs, set_seed, synthetic_record, tiny_cfg  # noqa: E402
 
 KD_LOSSES = {"loss_rpn_cls_kd", "loss_rpn_loc_kd", "loss_cls_kd", "loss_box_reg_kd", "loss_hint"}
 STUDENT_LOSSES = {"loss_rpn_cls", "loss_rpn_loc", "loss_cls", "loss_box_reg", "loss_oim"}
 
 
-def _student_cfg(teacher, depth=18, **overrides):
+KD_DET = ["HintLoss", "RPNDistillLoss", "RCNDistillLoss"]
+ADAPTER = "distillation_losses.HintLoss.adapter"
+
+
+def _student_cfg(teacher, depth=18, opts=(), **overrides):
     config_file, weights = teacher
-    return tiny_cfg(
-        depth,
-        **{
-            "MODEL.META_ARCHITECTURE": "DistillationRCNN",
-            "MODEL.TEACHER.CONFIG_FILE": config_file,
-            "MODEL.TEACHER.WEIGHTS": weights,
-        },
-        **overrides,
-    )
+    cfg = tiny_cfg(depth, **{"MODEL.DISTILLATION.LOSSES": KD_DET}, **overrides)
+    return add_teacher(cfg, "detector", "DetectorTeacher", weights, config_file, opts)
 
 
 @pytest.fixture
@@ -42,9 +41,10 @@ def test_r18_student_r50_teacher_trains_and_the_teacher_stays_frozen(tmp_path, r
     cfg = _student_cfg(det_teacher(tmp_path, depth=50))
     set_seed(0)
     model = build_model(cfg)
-    teacher = model.teacher
+    teacher = model.teachers["detector"].model
     # Compression: R18 res4 (256 channels) is adapted to R50's (1024).
-    assert (model.hint_adapter.in_channels, model.hint_adapter.out_channels) == (256, 1024)
+    adapter = model.distillation_losses["HintLoss"].adapter
+    assert (adapter.in_channels, adapter.out_channels) == (256, 1024)
     before = {k: v.clone() for k, v in teacher.state_dict().items()}
     student_before = {k: v.clone() for k, v in model.state_dict().items()}
     model.train()
@@ -62,7 +62,7 @@ def test_r18_student_r50_teacher_trains_and_the_teacher_stays_frozen(tmp_path, r
     assert not teacher.training
     for key, value in teacher.state_dict().items():
         assert torch.equal(value, before[key]), key  # parameters and BN statistics
-    assert not torch.equal(model.hint_adapter.weight, student_before["hint_adapter.weight"])
+    assert not torch.equal(adapter.weight, student_before[f"{ADAPTER}.weight"])
 
     # The student's checkpoint has no teacher keys: its own modules and the adapter only.
     DetectionCheckpointer(model, save_dir=str(tmp_path)).save("student")
@@ -72,7 +72,7 @@ def test_r18_student_r50_teacher_trains_and_the_teacher_stays_frozen(tmp_path, r
         "backbone",
         "proposal_generator",
         "roi_heads",
-        "hint_adapter",
+        "distillation_losses",
     }
     assert len(saved) == len(build_model(tiny_cfg(18)).state_dict()) + 2
 
@@ -84,8 +84,8 @@ def test_wrapped_inference_equals_the_students(tmp_path, records):
     plain = build_model(tiny_cfg(18)).eval()
     missing = plain.load_state_dict(model.state_dict(), strict=False)
     assert missing.missing_keys == [] and set(missing.unexpected_keys) == {
-        "hint_adapter.weight",
-        "hint_adapter.bias",
+        f"{ADAPTER}.weight",
+        f"{ADAPTER}.bias",
     }
     inputs = model_inputs(cfg, records, is_train=False)
     queries = [dict(inputs[0], query_boxes=[[10.0, 10.0, 40.0, 90.0]])]
@@ -124,8 +124,9 @@ def test_a_teacher_identical_to_the_student_gives_zero_bounded_and_hint_losses(t
         model = build_model(student_cfg)
         DetectionCheckpointer(model).load(teacher[1])
         with torch.no_grad():
-            model.hint_adapter.weight.copy_(torch.eye(256)[:, :, None, None])
-            model.hint_adapter.bias.zero_()
+            adapter = model.distillation_losses["HintLoss"].adapter
+            adapter.weight.copy_(torch.eye(256)[:, :, None, None])
+            adapter.bias.zero_()
         model.train()
         with EventStorage(), torch.no_grad():
             return model(model_inputs(student_cfg, records))
@@ -142,17 +143,16 @@ def test_a_teacher_identical_to_the_student_gives_zero_bounded_and_hint_losses(t
 
 def test_bad_teacher_config_or_checkpoint_is_a_clear_error(tmp_path):
     config_file, weights = det_teacher(tmp_path, depth=50)
-    with pytest.raises(FileNotFoundError, match=r"MODEL.TEACHER.CONFIG_FILE='nope.yaml'"):
+    with pytest.raises(FileNotFoundError, match=r"MODEL.TEACHERS.detector.CONFIG_FILE='nope.yaml'"):
         build_model(_student_cfg(("nope.yaml", weights)))
-    with pytest.raises(FileNotFoundError, match=r"MODEL.TEACHER.WEIGHTS='nope.pth'"):
+    with pytest.raises(FileNotFoundError, match=r"MODEL.TEACHERS.detector.WEIGHTS='nope.pth'"):
         build_model(_student_cfg((config_file, "nope.pth")))
     r18_config, r18_weights = det_teacher(tmp_path, depth=18)
-    with pytest.raises(ValueError, match=r"does not fit MODEL.TEACHER.CONFIG_FILE=.*det_R_50"):
+    with pytest.raises(ValueError, match=r"does not fit its CONFIG_FILE=.*det_R_50"):
         build_model(_student_cfg((config_file, r18_weights)))
     with pytest.raises(ValueError, match=r"differ in MODEL.ROI_BOX_HEAD.BBOX_REG_WEIGHTS"):
-        cfg = _student_cfg((config_file, weights))
-        cfg.MODEL.TEACHER.OPTS = ["MODEL.ROI_BOX_HEAD.BBOX_REG_WEIGHTS", (1.0, 1.0, 1.0, 1.0)]
-        build_model(cfg)
+        opts = ["MODEL.ROI_BOX_HEAD.BBOX_REG_WEIGHTS", (1.0, 1.0, 1.0, 1.0)]
+        build_model(_student_cfg((config_file, weights), opts=opts))
     with pytest.raises(ValueError, match=r"HINT_FEATURE='res5': not an output of the student"):
         build_model(_student_cfg((config_file, weights), **{"MODEL.KD_DET.HINT_FEATURE": "res5"}))
 
@@ -162,7 +162,8 @@ def test_imagenet_style_weights_load_into_the_student_only(tmp_path):
     cfg = _student_cfg(det_teacher(tmp_path, depth=18))
     set_seed(0)
     model = build_model(cfg)
-    teacher_before = {k: v.clone() for k, v in model.teacher.state_dict().items()}
+    teacher = model.teachers["detector"]
+    teacher_before = {k: v.clone() for k, v in teacher.state_dict().items()}
     set_seed(5)
     backbone = build_model(tiny_cfg(18)).backbone.state_dict()
     with open(tmp_path / "R-18.pkl", "wb") as f:
@@ -177,5 +178,5 @@ def test_imagenet_style_weights_load_into_the_student_only(tmp_path):
     DetectionCheckpointer(model).load(str(tmp_path / "R-18.pkl"))
     for key, value in backbone.items():
         assert torch.equal(model.backbone.state_dict()[key], value), key
-    for key, value in model.teacher.state_dict().items():
+    for key, value in teacher.state_dict().items():
         assert torch.equal(value, teacher_before[key]), key

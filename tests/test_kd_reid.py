@@ -28,7 +28,7 @@ from helpers import (  # noqa: E402
     synthetic_record,
     tiny_cfg,
 )
-from personsearch_kd import add_personsearch_config  # noqa: E402
+from personsearch_kd import add_personsearch_config, add_teacher  # noqa: E402
 from personsearch_kd.data.datasets.builtin import register_mot_person_search  # noqa: E402
 from personsearch_kd.layers import load_lut_file, save_lut_file  # noqa: E402
 
@@ -39,7 +39,8 @@ def test_frozen_lut_stays_bit_identical_while_the_model_trains(tmp_path):
     teacher_lut = F.normalize(torch.randn(NUM_IDS, 256), dim=1)
     lut_file = str(tmp_path / "lut.pth")
     save_lut_file(lut_file, teacher_lut, cfg.DATASETS.TRAIN, range(NUM_IDS), "compute", "", "t")
-    cfg.merge_from_list(["MODEL.OIM.LUT_FILE", lut_file, "MODEL.OIM.FREEZE_LUT", True])
+    cfg.merge_from_list(["MODEL.OIM.FREEZE_LUT", True])
+    add_teacher(cfg, "table", "LUTFileTeacher", lut_file)
     model = build_model(cfg).train()
     initial = {k: v.clone() for k, v in model.state_dict().items()}
     records = [synthetic_record(tmp_path, i, pids) for i, pids in enumerate([[0, 1, -1], [2, 0]])]
@@ -56,7 +57,7 @@ def test_frozen_lut_stays_bit_identical_while_the_model_trains(tmp_path):
     assert torch.equal(final["roi_heads.oim_loss.lut"], teacher_lut)
     # The queue keeps working: the unlabeled person entered it on each step.
     assert int(final["roi_heads.oim_loss.queue_ptr"]) >= 3
-    for key in ("roi_heads.embed_head.proj.weight", "roi_heads.res5.0.conv1.weight"):
+    for key in ("roi_heads.reid_head.proj.weight", "roi_heads.res5.0.conv1.weight"):
         assert not torch.equal(final[key], initial[key]), key
 
 
@@ -91,7 +92,14 @@ def test_kd_reid_config_trains_end_to_end_on_the_shipped_sample(tmp_path, shippe
     output_dir = tmp_path / "student"
     args = default_argument_parser().parse_args(
         ["--config-file", os.path.join(CONFIGS, "mot15", "kd_reid_R_18_C4_teacher_R_50_cpu.yaml")]
-        + ["MODEL.OIM.LUT_FILE", lut_file, "DATASETS.TRAIN", train_set, "DATASETS.TEST", "()"]
+        + [
+            "MODEL.TEACHERS.table.WEIGHTS",
+            lut_file,
+            "DATASETS.TRAIN",
+            train_set,
+            "DATASETS.TEST",
+            "()",
+        ]
         + ["INPUT.MIN_SIZE_TRAIN", "(256,)", "INPUT.MAX_SIZE_TRAIN", "448"]
         + ["SOLVER.MAX_ITER", "3", "SOLVER.WARMUP_ITERS", "0", "DATALOADER.NUM_WORKERS", "0"]
         + ["OUTPUT_DIR", str(output_dir)]

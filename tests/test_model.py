@@ -70,7 +70,7 @@ def test_res5_head_matches_backbone_depth(depth, block, num_blocks, channels):
     res5 = model.roi_heads.res5
     assert [type(b) for b in res5] == [block] * num_blocks
     assert res5[-1].out_channels == channels
-    assert model.roi_heads.embed_head.proj.in_features == channels
+    assert model.roi_heads.reid_head.proj.in_features == channels
 
 
 def test_inference_returns_boxes_scores_and_normalised_reid_feats(records):
@@ -149,3 +149,23 @@ def test_checkpoint_round_trip_restores_outputs_and_oim_memory(records, tmp_path
             assert torch.equal(a.pred_boxes.tensor, b.pred_boxes.tensor)
             assert torch.equal(a.scores, b.scores)
             assert torch.equal(a.reid_feats, b.reid_feats)
+
+
+def test_checkpoints_from_before_the_reid_head_component_still_load(tmp_path):
+    """Their re-ID head is under roi_heads.embed_head; it loads into roi_heads.reid_head."""
+    set_seed(0)
+    model = build_model(tiny_cfg(18))
+    with torch.no_grad():
+        model.roi_heads.reid_head.norm.running_mean.fill_(0.25)
+    old_style = {
+        k.replace("roi_heads.reid_head.", "roi_heads.embed_head."): v
+        for k, v in model.state_dict().items()
+    }
+    torch.save({"model": old_style}, tmp_path / "old.pth")
+    set_seed(1)
+    fresh = build_model(tiny_cfg(18))
+    incompatible = fresh.load_state_dict(old_style, strict=False)
+    assert incompatible.missing_keys == [] and incompatible.unexpected_keys == []
+    DetectionCheckpointer(fresh).load(str(tmp_path / "old.pth"))
+    for key, value in model.state_dict().items():
+        assert torch.equal(fresh.state_dict()[key], value), key

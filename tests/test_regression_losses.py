@@ -21,6 +21,7 @@ import torch.nn.functional as F  # noqa: E402
 from detectron2.modeling import build_model  # noqa: E402
 from detectron2.utils.events import EventStorage  # noqa: E402
 
+from personsearch_kd import add_teacher  # noqa: E402
 from personsearch_kd.layers import save_lut_file  # noqa: E402
 
 from helpers import (  # noqa: E402
@@ -46,31 +47,23 @@ def _kd_reid_r18(tmp_path):
     set_seed(7)
     lut = F.normalize(torch.randn(NUM_IDS, 256), dim=1)
     lut_file = str(tmp_path / "teacher_lut.pth")
-    cfg = tiny_cfg(18)
+    cfg = tiny_cfg(18, **{"MODEL.OIM.FREEZE_LUT": True, "MODEL.OIM.LOSS_WEIGHT": 0.1})
     save_lut_file(lut_file, lut, cfg.DATASETS.TRAIN, range(NUM_IDS), "compute", "", "teacher")
-    return tiny_cfg(
-        18,
-        **{
-            "MODEL.OIM.LUT_FILE": lut_file,
-            "MODEL.OIM.FREEZE_LUT": True,
-            "MODEL.OIM.LOSS_WEIGHT": 0.1,
-        },
-    )
+    return add_teacher(cfg, "table", "LUTFileTeacher", lut_file)
 
 
 def _kd_det_r18(tmp_path):
     config_file, weights = det_teacher(tmp_path, depth=50)
-    return tiny_cfg(
+    cfg = tiny_cfg(
         18,
         **{
-            "MODEL.META_ARCHITECTURE": "DistillationRCNN",
-            "MODEL.TEACHER.CONFIG_FILE": config_file,
-            "MODEL.TEACHER.WEIGHTS": weights,
+            "MODEL.DISTILLATION.LOSSES": ["HintLoss", "RPNDistillLoss", "RCNDistillLoss"],
             # An untrained teacher's boxes are worse than any student's: with the default margin
             # the bounded terms would be 0 and untested. This margin makes every positive count.
             "MODEL.KD_DET.BOUNDED_REG_MARGIN": 1e6,
         },
     )
+    return add_teacher(cfg, "detector", "DetectorTeacher", weights, config_file)
 
 
 STUDENTS = {"OIM_18": _oim_18, "KD_reid R18": _kd_reid_r18, "KD_det R18": _kd_det_r18}

@@ -16,6 +16,7 @@ from detectron2.modeling.roi_heads import build_roi_heads  # noqa: E402
 from detectron2.structures import Boxes, ImageList, Instances  # noqa: E402
 from detectron2.utils.events import EventStorage  # noqa: E402
 
+from personsearch_kd import add_teacher  # noqa: E402
 from personsearch_kd.layers import save_lut_file  # noqa: E402
 
 from helpers import CONFIGS, model_inputs, set_seed, synthetic_record, tiny_cfg  # noqa: E402
@@ -82,9 +83,9 @@ def test_head_loss_weight_scales_oim_loss():
 def _teacher_lut_cfg(tmp_path, person_ids=range(6), dim=256, dataset=None):
     lut = torch.nn.functional.normalize(torch.randn(len(person_ids), dim), dim=1)
     cfg = tiny_cfg(18, **{"MODEL.OIM.FREEZE_LUT": True})
-    cfg.MODEL.OIM.LUT_FILE = str(tmp_path / "teacher_lut.pth")
+    lut_file = str(tmp_path / "teacher_lut.pth")
     save_lut_file(
-        cfg.MODEL.OIM.LUT_FILE,
+        lut_file,
         lut,
         dataset if dataset is not None else cfg.DATASETS.TRAIN,
         person_ids,
@@ -92,12 +93,13 @@ def _teacher_lut_cfg(tmp_path, person_ids=range(6), dim=256, dataset=None):
         "",
         "teacher.pth",
     )
-    return cfg, lut
+    return add_teacher(cfg, "table", "LUTFileTeacher", lut_file), lut
 
 
 def test_frozen_lut_from_file_is_loaded_and_kept(tmp_path):
     cfg, lut = _teacher_lut_cfg(tmp_path)
-    head, images, features, proposals, targets = _head_and_inputs(cfg)
+    head = build_model(cfg).roi_heads.train()
+    _, images, features, proposals, targets = _head_and_inputs(cfg)
     with EventStorage():
         head(images, features, proposals, targets)
     assert torch.equal(head.oim_loss.lut, lut)
@@ -117,7 +119,7 @@ def test_teacher_lut_that_does_not_fit_the_student_is_an_error(tmp_path, kwargs,
     with pytest.raises(
         ValueError, match=r"teacher_lut.pth.* does not fit this student: " + message
     ):
-        _head_and_inputs(cfg)
+        build_model(cfg)
 
 
 def test_inference_adds_reid_feats():
@@ -134,8 +136,8 @@ def test_inference_adds_reid_feats():
 
 def test_lazy_config_model_has_the_yacs_model_structure():
     lazy = LazyConfig.load(os.path.join(CONFIGS, "lazy", "oim_R_50_C4.py"))
-    lazy.model.roi_heads.oim_loss.num_ids = 6
-    lazy.model.roi_heads.oim_loss.queue_size = 16
+    lazy.model.roi_heads.reid_losses[0].num_ids = 6
+    lazy.model.roi_heads.reid_losses[0].queue_size = 16
     model = instantiate(lazy.model)
     cfg = tiny_cfg(50)
     cfg.MODEL.RESNETS.NORM = "FrozenBN"

@@ -17,12 +17,14 @@ from detectron2.engine import default_argument_parser  # noqa: E402
 from detectron2.modeling import build_model  # noqa: E402
 
 from personsearch_kd.data.datasets.records import query_record, set_metadata  # noqa: E402
+from personsearch_kd import add_teacher  # noqa: E402
 from personsearch_kd.engine import PersonSearchPredictor  # noqa: E402
 from personsearch_kd.layers import save_lut_file  # noqa: E402
 
 from helpers import NUM_IDS, det_teacher, load_tool, set_seed, synthetic_record, tiny_cfg  # noqa
 
 QUERY_BOX = [10.0, 10.0, 40.0, 90.0]
+KD_DET_LOSSES = ["HintLoss", "RPNDistillLoss", "RCNDistillLoss"]
 
 
 def _kd_reid(tmp_path):
@@ -31,22 +33,18 @@ def _kd_reid(tmp_path):
     lut = F.normalize(torch.randn(NUM_IDS, 256), dim=1)
     cfg = tiny_cfg(18)
     save_lut_file(str(lut_file), lut, cfg.DATASETS.TRAIN, range(NUM_IDS), "compute", "", "t")
-    cfg.merge_from_list(["MODEL.OIM.LUT_FILE", str(lut_file), "MODEL.OIM.FREEZE_LUT", True])
-    return cfg, [lut_file]
+    cfg.merge_from_list(["MODEL.OIM.FREEZE_LUT", True])
+    return add_teacher(cfg, "table", "LUTFileTeacher", str(lut_file)), [lut_file]
 
 
 def _kd_det(tmp_path):
     """A KD_det student config and the teacher files it names."""
     config_file, weights = det_teacher(tmp_path, depth=18)
-    cfg = tiny_cfg(
-        18,
-        **{
-            "MODEL.META_ARCHITECTURE": "DistillationRCNN",
-            "MODEL.TEACHER.CONFIG_FILE": config_file,
-            "MODEL.TEACHER.WEIGHTS": weights,
-        },
-    )
-    return cfg, [config_file, weights]
+    cfg = tiny_cfg(18, **{"MODEL.DISTILLATION.LOSSES": KD_DET_LOSSES})
+    return add_teacher(cfg, "detector", "DetectorTeacher", weights, config_file), [
+        config_file,
+        weights,
+    ]
 
 
 @pytest.fixture

@@ -10,6 +10,8 @@ import pytest
 
 pytest.importorskip("detectron2")
 
+from personsearch_kd import add_teacher  # noqa: E402
+
 from helpers import CONFIGS, REPO_ROOT, det_teacher, load_tool, tiny_cfg  # noqa: E402
 
 
@@ -18,12 +20,9 @@ def test_benchmark_train_step_prints_a_row_per_config_and_the_kd_teacher_share(t
     baseline = os.path.join(CONFIGS, "scratch", "oim_R_18_C4_scratch.yaml")
     config_file, weights = det_teacher(tmp_path, depth=18)
     student = tmp_path / "kd_det.yaml"
-    kd = {
-        "MODEL.META_ARCHITECTURE": "DistillationRCNN",
-        "MODEL.TEACHER.CONFIG_FILE": config_file,
-        "MODEL.TEACHER.WEIGHTS": weights,
-    }
-    student.write_text(tiny_cfg(18, **kd).dump())
+    kd = {"MODEL.DISTILLATION.LOSSES": ["HintLoss", "RPNDistillLoss", "RCNDistillLoss"]}
+    kd_cfg = add_teacher(tiny_cfg(18, **kd), "detector", "DetectorTeacher", weights, config_file)
+    student.write_text(kd_cfg.dump())
     opts = [
         "MODEL.DEVICE", "cpu", "MODEL.OIM.NUM_IDS", "4", "MODEL.OIM.QUEUE_SIZE", "8",
         "MODEL.RPN.POST_NMS_TOPK_TRAIN", "50", "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", "16",

@@ -3,7 +3,7 @@
 """
 Time one training step (forward + backward + SGD update) of person-search configs on synthetic
 images with persons, and print a Markdown table with each config's step time relative to the
-first one (e.g. KD_reid against its baseline). For KD_det configs (DistillationRCNN) the teacher's
+first one (e.g. KD_reid against its baseline). For KD_det configs (a DetectorTeacher) the teacher's
 share of a step is timed too, alone on the same batch: its backbone, RPN head and box head on as
 many boxes per image as the student samples, without gradients; KD_det should cost the baseline
 step plus about that. Nothing is read from disk but the configs (and the LUT files and teacher
@@ -29,8 +29,8 @@ from detectron2.utils.events import EventStorage
 
 from personsearch_kd import add_personsearch_config
 from personsearch_kd.engine import peak_memory_gb
-from personsearch_kd.modeling import DistillationRCNN
-from personsearch_kd.modeling.teacher import box_head_predictions, rpn_predictions
+from personsearch_kd.distillation import DetectorTeacher
+from personsearch_kd.modeling import StudentRecord
 
 
 def synthetic_batch(batch: int, height: int, width: int, persons: int, num_ids: int, seed: int):
@@ -90,22 +90,28 @@ def train_step(run: dict) -> float:
     return time.perf_counter() - start
 
 
+def detector_teachers(model) -> list:
+    return [t for t in model.teachers.values() if isinstance(t, DetectorTeacher)]
+
+
 def teacher_forward(run: dict) -> float:
     """
-    Seconds of the teacher's work in one KD_det step of ``run`` (a DistillationRCNN): backbone,
-    RPN head and box head on ROI_HEADS.BATCH_SIZE_PER_IMAGE boxes per image, no gradients.
+    Seconds of the detector teachers' work in one KD_det step of ``run``: backbone, RPN head and
+    box head on ROI_HEADS.BATCH_SIZE_PER_IMAGE boxes per image, no gradients (0 without one).
     """
     model = run["model"]
-    teacher = model.teacher
     rois = run["cfg"].MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE
     # Which boxes does not matter for the time, only how many: each image's persons, repeated.
-    boxes = [x["instances"].gt_boxes.to(model.device) for x in run["inputs"]]
-    boxes = [Boxes(b.tensor.repeat(rois // len(b) + 1, 1)[:rois]) for b in boxes]
+    sampled = []
+    for x in run["inputs"]:
+        boxes = x["instances"].gt_boxes.to(model.device)
+        sampled.append(Instances(x["instances"].image_size))
+        sampled[-1].proposal_boxes = Boxes(boxes.tensor.repeat(rois // len(boxes) + 1, 1)[:rois])
+    record = StudentRecord(run["inputs"], None, None, None, rois=sampled)
     start = time.perf_counter()
-    with torch.no_grad():
-        features = teacher.backbone(model.teacher_images(run["inputs"]).tensor)
-        rpn_predictions(teacher.proposal_generator, features)
-        box_head_predictions(teacher.roi_heads, features, boxes)
+    for teacher in detector_teachers(model):
+        outputs = teacher.outputs(record)
+        outputs.rpn, outputs.boxes  # features, RPN and box head, each computed once
     _synchronize(model)
     return time.perf_counter() - start
 
@@ -123,7 +129,7 @@ def time_configs(args) -> list:
         for i in range(args.warmup + args.iters):
             for run in runs:
                 seconds = train_step(run)
-                teacher = teacher_forward(run) if isinstance(run["model"], DistillationRCNN) else 0
+                teacher = teacher_forward(run)
                 if i >= args.warmup:
                     run["times"].append(seconds)
                     run["teacher_times"].append(teacher)
@@ -138,9 +144,7 @@ def time_configs(args) -> list:
             "min": min(run["times"]),
             "ratio": statistics.median(run["times"]) / reference,
             "teacher": (
-                statistics.median(run["teacher_times"])
-                if isinstance(run["model"], DistillationRCNN)
-                else None
+                statistics.median(run["teacher_times"]) if detector_teachers(run["model"]) else None
             ),
         }
         for run in runs

@@ -15,8 +15,7 @@ from detectron2.modeling.poolers import ROIPooler
 from detectron2.modeling.proposal_generator import RPN, StandardRPNHead
 from detectron2.modeling.roi_heads import FastRCNNOutputLayers
 
-from personsearch_kd.layers import OIMLoss
-from personsearch_kd.modeling import IDEmbeddingHead, OIMROIHeads, PersonSearchRCNN
+from personsearch_kd.modeling import EmbeddingHead, OIMReIDLoss, OIMROIHeads, PersonSearchRCNN
 
 model = L(PersonSearchRCNN)(
     backbone=L(ResNet)(
@@ -69,9 +68,12 @@ model = L(PersonSearchRCNN)(
             box2box_transform=L(Box2BoxTransform)(weights=(10, 10, 5, 5)),
             num_classes="${..num_classes}",
         ),
-        embed_head=L(IDEmbeddingHead)(in_channels="${..res5.out_channels}", embed_dim=256),
-        oim_loss=L(OIMLoss)(feat_dim=256, num_ids=5532, queue_size=5000, scalar=30.0, momentum=0.5),
-        oim_loss_weight=1.0,
+        reid_head=L(EmbeddingHead)(in_channels="${..res5.out_channels}", embed_dim=256),
+        reid_losses=[
+            L(OIMReIDLoss)(
+                feat_dim=256, num_ids=5532, queue_size=5000, scalar=30.0, momentum=0.5, weight=1.0
+            )
+        ],
     ),
     pixel_mean=[103.530, 116.280, 123.675],
     pixel_std=[1.0, 1.0, 1.0],

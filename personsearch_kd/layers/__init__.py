@@ -8,3 +8,4 @@ from .kd_losses import (
 )
 from .lut_file import check_lut_file, identity_means, load_lut_file, save_lut_file
 from .oim_loss import UNLABELED_PID, OIMLoss
+from .triplet_loss import batch_hard_triplet_loss

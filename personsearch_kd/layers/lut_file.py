@@ -75,7 +75,7 @@ def load_lut_file(path: str) -> Dict:
     try:
         content = torch.load(path, map_location="cpu", weights_only=False)
     except FileNotFoundError:
-        raise FileNotFoundError(f"LUT file {path!r} (MODEL.OIM.LUT_FILE) does not exist") from None
+        raise FileNotFoundError(f"LUT file {path!r} does not exist") from None
     if not isinstance(content, dict):
         raise ValueError(
             f"LUT file {path!r}: expected a dict written by tools/export_lut.py, got "

@@ -1,6 +1,12 @@
 # Copyright (c) personsearch_kd contributors. Licensed under the Apache License 2.0.
-# Importing this module registers the meta-architectures and the ROI heads.
-from .distillation import DistillationRCNN
+# Importing this module registers the meta-architecture, the ROI heads, the re-ID head and losses.
 from .meta_arch import PersonSearchRCNN
-from .roi_heads import IDEmbeddingHead, OIMROIHeads, PersonDetectorROIHeads
-from .teacher import build_teacher
+from .record import StudentRecord
+from .reid_head import REID_HEAD_REGISTRY, EmbeddingHead, ReIDOutputs
+from .reid_losses import (
+    REID_LOSS_REGISTRY,
+    IdentityCrossEntropyLoss,
+    OIMReIDLoss,
+    TripletReIDLoss,
+)
+from .roi_heads import OIMROIHeads, PersonDetectorROIHeads

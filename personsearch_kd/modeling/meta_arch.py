@@ -2,9 +2,16 @@
 from typing import Dict, List
 
 import torch
+from torch import nn
 
+from detectron2.config import configurable
 from detectron2.modeling import META_ARCH_REGISTRY, GeneralizedRCNN
+from detectron2.modeling.proposal_generator import RPN
 from detectron2.structures import Boxes, Instances
+
+from ..distillation import build_distillation_losses, build_teachers
+from .predictions import rpn_predictions
+from .record import StudentRecord
 
 __all__ = ["PersonSearchRCNN"]
 
@@ -21,12 +28,60 @@ class PersonSearchRCNN(GeneralizedRCNN):
     (the ``height``/``width`` of the dict, like detector outputs). Each output is then
     ``{"instances": Instances}`` with exactly those K boxes in ``pred_boxes``, ``scores`` = 1 and
     ``reid_feats`` (K, EMBED_DIM).
+
+    Distillation: the training forward records what the student computed in a
+    :class:`StudentRecord`, and each distillation loss of MODEL.DISTILLATION.LOSSES reads it with
+    the outputs of the teachers of MODEL.TEACHERS. Teachers are held outside the module tree:
+    ``model.train()``, the optimizer, DDP and checkpoints never see them, so they stay frozen in
+    eval mode and the student's checkpoints hold no teacher keys; ``model.to()`` (any ``_apply``)
+    moves them with the student. Trainable parts of a distillation loss (the KD_det hint
+    adapter) are student modules under ``distillation_losses``, unused by inference.
     """
+
+    @configurable
+    def __init__(
+        self,
+        *,
+        teachers: Dict[str, nn.Module] = None,
+        distillation_losses: Dict[str, nn.Module] = None,
+        **kwargs,
+    ):
+        """
+        Args:
+            teachers: name -> frozen teacher (see :func:`build_teachers`); none by default.
+            distillation_losses: name -> distillation loss module (see
+                :func:`build_distillation_losses`); none by default.
+            kwargs: arguments of :class:`GeneralizedRCNN`.
+        """
+        super().__init__(**kwargs)
+        # A plain dict hides the teachers from nn.Module's registration.
+        self._teachers = dict(teachers or {})
+        self.distillation_losses = nn.ModuleDict(distillation_losses or {})
+        for teacher in self._teachers.values():
+            teacher.prepare_student(self)
+
+    @classmethod
+    def from_config(cls, cfg):
+        ret = super().from_config(cfg)
+        teachers = build_teachers(cfg)
+        ret["teachers"] = teachers
+        ret["distillation_losses"] = build_distillation_losses(cfg, ret, teachers)
+        return ret
+
+    @property
+    def teachers(self) -> Dict[str, nn.Module]:
+        return dict(self._teachers)
+
+    def _apply(self, fn, *args, **kwargs):
+        super()._apply(fn, *args, **kwargs)
+        for teacher in self._teachers.values():
+            teacher._apply(fn, *args, **kwargs)
+        return self
 
     def forward(self, batched_inputs: List[Dict[str, torch.Tensor]]):
         """
         See :meth:`GeneralizedRCNN.forward`; in inference, inputs with ``"query_boxes"`` run
-        :meth:`embed_query_boxes`.
+        :meth:`embed_query_boxes`. Training adds the distillation losses to the student's.
         """
         if not self.training:
             with_query = ["query_boxes" in x for x in batched_inputs]
@@ -37,7 +92,45 @@ class PersonSearchRCNN(GeneralizedRCNN):
                         f"(query mode) or none has; got {with_query}"
                     )
                 return self.embed_query_boxes(batched_inputs)
-        return super().forward(batched_inputs)
+            return super().forward(batched_inputs)
+        images = self.preprocess_image(batched_inputs)
+        record = StudentRecord(
+            batched_inputs=batched_inputs,
+            images=images,
+            features=self.backbone(images.tensor),
+            gt_instances=[x["instances"].to(self.device) for x in batched_inputs],
+        )
+        losses = self._rpn_losses(record)
+        _, detector_losses = self.roi_heads(
+            images, record.features, record.proposals, record.gt_instances, record=record
+        )
+        losses.update(detector_losses)
+        teacher_outputs = {
+            name: teacher.outputs(record) for name, teacher in self._teachers.items()
+        }
+        for loss in self.distillation_losses.values():
+            # A distillation loss may replace a student term (KD_det weighs its hard CE by mu).
+            losses.update(loss(record, teacher_outputs, losses))
+        return losses
+
+    def _rpn_losses(self, record: StudentRecord) -> Dict[str, torch.Tensor]:
+        """
+        The RPN's training pass, as :meth:`RPN.forward`, with its anchors, predictions and
+        sampled anchor labels kept in ``record``.
+        """
+        rpn = self.proposal_generator
+        if not isinstance(rpn, RPN):
+            raise ValueError(
+                f"PersonSearchRCNN: MODEL.PROPOSAL_GENERATOR.NAME builds {type(rpn).__name__}; "
+                "training expects detectron2's RPN"
+            )
+        anchors, logits, deltas = rpn_predictions(rpn, record.features)
+        labels, gt_boxes = rpn.label_and_sample_anchors(anchors, record.gt_instances)
+        losses = rpn.losses(anchors, logits, labels, deltas, gt_boxes)
+        record.anchors, record.rpn_logits, record.rpn_deltas = anchors, logits, deltas
+        record.rpn_labels, record.rpn_gt_boxes = torch.stack(labels), gt_boxes
+        record.proposals = rpn.predict_proposals(anchors, logits, deltas, record.images.image_sizes)
+        return losses
 
     def embed_query_boxes(self, batched_inputs: List[Dict[str, torch.Tensor]]):
         """

@@ -1,61 +1,24 @@
 # Copyright (c) personsearch_kd contributors. Licensed under the Apache License 2.0.
-from typing import Dict, List, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from detectron2.config import configurable
 from detectron2.layers import cat
 from detectron2.modeling.backbone.resnet import BasicBlock, ResNet
 from detectron2.modeling.roi_heads import ROI_HEADS_REGISTRY, Res5ROIHeads
-from detectron2.structures import ImageList, Instances
-from detectron2.utils import comm
+from detectron2.structures import Boxes, ImageList, Instances
 
-from ..layers.lut_file import check_lut_file, load_lut_file
-from ..layers.oim_loss import UNLABELED_PID, OIMLoss
+from ..layers.oim_loss import UNLABELED_PID
+from .record import StudentRecord
+from .reid_head import ReIDOutputs, build_reid_head
+from .reid_losses import build_reid_losses
 
-__all__ = ["IDEmbeddingHead", "OIMROIHeads", "PersonDetectorROIHeads", "build_res5_for_depth"]
+__all__ = ["OIMROIHeads", "PersonDetectorROIHeads", "build_res5_for_depth"]
 
 # Number of res5 BasicBlocks for the ResNets built from BasicBlock (detectron2's table).
 _BASIC_RES5_BLOCKS = {18: 2, 34: 3}
-
-
-class IDEmbeddingHead(nn.Module):
-    """
-    Identity embedding of the OIM paper: pooled res5 feature -> Linear -> BatchNorm -> L2 norm.
-    """
-
-    def __init__(self, in_channels: int, embed_dim: int):
-        super().__init__()
-        self.proj = nn.Linear(in_channels, embed_dim)
-        self.norm = nn.BatchNorm1d(embed_dim)
-        nn.init.normal_(self.proj.weight, std=0.01)
-        nn.init.zeros_(self.proj.bias)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """
-        Args:
-            x: (R, C) pooled per-box features.
-        Returns:
-            Tensor: (R, embed_dim) L2-normalised embeddings.
-        """
-        return F.normalize(self.norm(self.proj(x)), dim=1)
-
-
-def _gather_from_all_ranks(feats: torch.Tensor, pids: torch.Tensor):
-    """
-    Concatenate (feats, pids) of every process, in rank order, so that each rank applies the same
-    OIM memory update (detectron2's DDP does not broadcast buffers).
-    """
-    if comm.get_world_size() == 1:
-        return feats, pids
-    # Through CPU: comm.all_gather pickles over a gloo group whatever the training backend.
-    gathered = comm.all_gather((feats.cpu(), pids.cpu()))
-    return (
-        torch.cat([f for f, _ in gathered]).to(feats.device),
-        torch.cat([p for _, p in gathered]).to(pids.device),
-    )
 
 
 def build_res5_for_depth(cfg) -> Tuple[nn.Module, int]:
@@ -99,147 +62,128 @@ class PersonDetectorROIHeads(Res5ROIHeads):
 @ROI_HEADS_REGISTRY.register()
 class OIMROIHeads(Res5ROIHeads):
     """
-    C4 ROI heads of OIM person search: the res5 box head of :class:`Res5ROIHeads` (built from
-    BasicBlocks for ResNet-18/34) plus an identity-embedding branch on the same pooled res5
-    feature, trained with the OIM loss on foreground boxes.
+    C4 ROI heads of person search: the res5 box head of :class:`Res5ROIHeads` (built from
+    BasicBlocks for ResNet-18/34) and a re-ID head (MODEL.REID.HEAD_NAME) on the same res5 ROI
+    features, trained on the foreground ROIs with the re-ID losses of MODEL.REID.LOSSES (OIM by
+    default).
 
     Inference adds ``reid_feats`` (L2-normalised) to every predicted instance; they are computed
     on the final (regressed) boxes, exactly as for a query box given by the user.
+    :meth:`embed_boxes` embeds any boxes, in training too.
     """
 
     @configurable
-    def __init__(
-        self,
-        *,
-        embed_head: nn.Module,
-        oim_loss: OIMLoss,
-        oim_loss_weight: float = 1.0,
-        **kwargs,
-    ):
+    def __init__(self, *, reid_head: nn.Module, reid_losses: List[nn.Module], **kwargs):
         """
         Args:
-            embed_head: maps (R, C) pooled res5 features to (R, D) L2-normalised embeddings.
-            oim_loss: the OIM loss holding the LUT and the queue.
-            oim_loss_weight: lambda_oim.
+            reid_head: maps (R, C, h, w) res5 ROI features to :class:`ReIDOutputs`.
+            reid_losses: re-ID loss modules (REID_LOSS_REGISTRY), each held as ``<name>_loss``
+                for its key ``loss_<name>`` (so checkpoints keep ``roi_heads.oim_loss.lut``).
             kwargs: arguments of :class:`Res5ROIHeads` (a mask head is not supported).
         """
         super().__init__(**kwargs)
         if self.mask_on:
             raise ValueError("OIMROIHeads does not support masks: set MODEL.MASK_ON=False")
-        self.embed_head = embed_head
-        self.oim_loss = oim_loss
-        self.oim_loss_weight = oim_loss_weight
+        self.reid_head = reid_head
+        if not reid_losses:
+            raise ValueError("MODEL.REID.LOSSES is empty: the re-ID head needs at least one loss")
+        self.reid_loss_names = []
+        for loss in reid_losses:
+            name = loss.KEY[len("loss_") :] + "_loss"
+            setattr(self, name, loss)
+            self.reid_loss_names.append(name)
 
     @classmethod
     def from_config(cls, cfg, input_shape):
         ret = super().from_config(cfg, input_shape)
-        res5_channels = ret["res5"][-1].out_channels
-        ret["embed_head"] = IDEmbeddingHead(res5_channels, cfg.MODEL.OIM.EMBED_DIM)
-        ret["oim_loss"] = OIMLoss(
-            feat_dim=cfg.MODEL.OIM.EMBED_DIM,
-            num_ids=cfg.MODEL.OIM.NUM_IDS,
-            queue_size=cfg.MODEL.OIM.QUEUE_SIZE,
-            scalar=cfg.MODEL.OIM.SCALAR,
-            momentum=cfg.MODEL.OIM.MOMENTUM,
-            freeze_lut=cfg.MODEL.OIM.FREEZE_LUT,
-            init_lut=cls._teacher_lut(cfg),
-        )
-        ret["oim_loss_weight"] = cfg.MODEL.OIM.LOSS_WEIGHT
+        ret["reid_head"] = build_reid_head(cfg, ret["res5"][-1].out_channels)
+        ret["reid_losses"] = build_reid_losses(cfg)
         return ret
-
-    @staticmethod
-    def _teacher_lut(cfg):
-        """MODEL.OIM.LUT_FILE's table, checked against this student (KD_reid), or None."""
-        path = cfg.MODEL.OIM.LUT_FILE
-        if not path:
-            return None
-        content = load_lut_file(path)
-        # The mapper keeps person ids in [0, NUM_IDS) and OIM uses the id as the row.
-        check_lut_file(
-            content, path, cfg.DATASETS.TRAIN, range(cfg.MODEL.OIM.NUM_IDS), cfg.MODEL.OIM.EMBED_DIM
-        )
-        return content["lut"]
 
     @classmethod
     def _build_res5_block(cls, cfg):
         return build_res5_for_depth(cfg)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # Checkpoints written before the re-ID head was a component call it "embed_head".
+        for key in [k for k in state_dict if k.startswith(prefix + "embed_head.")]:
+            renamed = prefix + "reid_head." + key[len(prefix + "embed_head.") :]
+            state_dict[renamed] = state_dict.pop(key)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def forward(
         self,
         images: ImageList,
         features: Dict[str, torch.Tensor],
         proposals: List[Instances],
-        targets: List[Instances] = None,
+        targets: Optional[List[Instances]] = None,
+        record: Optional[StudentRecord] = None,
     ) -> Tuple[List[Instances], Dict[str, torch.Tensor]]:
         """
         See :meth:`Res5ROIHeads.forward`. Training targets must carry ``gt_pids`` (R_i,) int64:
-        identity in [0, NUM_IDS) or -1 for an unlabeled person. The returned losses add
-        ``loss_oim``; inference instances add ``reid_feats`` (R_i, EMBED_DIM).
+        identity in [0, NUM_IDS) or -1 for an unlabeled person. The returned losses add those of
+        the re-ID losses; a given ``record`` receives the sampled ROIs, the box head's
+        predictions and the re-ID outputs. Inference instances add ``reid_feats``.
         """
         if not self.training:
             return super().forward(images, features, proposals)
-        losses, _, _ = self.losses_and_predictions(features, proposals, targets)
+        rois = self.label_and_sample_proposals(proposals, targets)
+        box_features = self._shared_roi_transform(
+            [features[f] for f in self.in_features], [x.proposal_boxes for x in rois]
+        )
+        predictions = self.box_predictor(box_features.mean(dim=[2, 3]))
+        losses = self.box_predictor.losses(predictions, rois)
+        reid, pids = self._embed_foreground(box_features, rois)
+        losses.update(self._reid_losses(reid, pids, box_features))
+        if record is not None:
+            record.rois = rois
+            record.box_scores, record.box_deltas = predictions
+            record.reid, record.reid_pids = reid, pids
         return [], losses
 
-    def losses_and_predictions(
-        self,
-        features: Dict[str, torch.Tensor],
-        proposals: List[Instances],
-        targets: List[Instances],
-    ) -> Tuple[Dict[str, torch.Tensor], List[Instances], Tuple[torch.Tensor, torch.Tensor]]:
+    def _embed_foreground(
+        self, box_features: torch.Tensor, rois: List[Instances]
+    ) -> Tuple[Optional[ReIDOutputs], torch.Tensor]:
         """
-        The training pass, also returning what a distillation loss needs (KD_det).
-
-        Returns:
-            losses: ``loss_cls``, ``loss_box_reg``, ``loss_oim``;
-            sampled proposals: with ``proposal_boxes``, ``gt_classes``, ``gt_boxes`` and
-                ``gt_pids`` (R_i ROIs of image i);
-            predictions: ``(scores, deltas)`` of :class:`FastRCNNOutputLayers`, (R, K + 1) and
-                (R, 4K) or (R, 4), R = sum R_i.
+        The re-ID outputs of the foreground ROIs and their person ids (F,); background never
+        enters the re-ID losses. None with fewer than 2 foreground ROIs: BatchNorm cannot
+        normalise a single sample in training.
         """
-        proposals = self.label_and_sample_proposals(proposals, targets)
-        box_features = self._shared_roi_transform(
-            [features[f] for f in self.in_features], [x.proposal_boxes for x in proposals]
-        )
-        pooled = box_features.mean(dim=[2, 3])
-        predictions = self.box_predictor(pooled)
-        losses = self.box_predictor.losses(predictions, proposals)
-        losses["loss_oim"] = self.oim_loss_weight * self._oim_loss(pooled, proposals)
-        return losses, proposals, predictions
-
-    def _oim_loss(self, pooled: torch.Tensor, proposals: List[Instances]) -> torch.Tensor:
-        """
-        Args:
-            pooled: (R, C) pooled res5 features of all sampled proposals of the batch.
-            proposals: sampled proposals with ``gt_classes`` and, for images with ground truth,
-                ``gt_pids`` of the matched ground-truth box.
-        Returns:
-            Tensor: scalar OIM loss over foreground proposals; background never enters the LUT,
-            the queue or the loss.
-        """
-        gt_classes = cat([p.gt_classes for p in proposals])
-        # An image without ground truth has only background proposals and no gt_pids field.
+        gt_classes = cat([r.gt_classes for r in rois])
+        # An image without ground truth has only background ROIs and no gt_pids field.
         pids = cat(
             [
-                p.gt_pids if p.has("gt_pids") else torch.full_like(p.gt_classes, UNLABELED_PID)
-                for p in proposals
+                r.gt_pids if r.has("gt_pids") else torch.full_like(r.gt_classes, UNLABELED_PID)
+                for r in rois
             ]
         )
         foreground = gt_classes != self.num_classes
-        if int(foreground.sum()) >= 2:
-            embeddings = self.embed_head(pooled[foreground])
-            fg_pids = pids[foreground]
-            loss = self.oim_loss(embeddings, fg_pids)
-        else:
-            # BatchNorm cannot normalise a single sample in training, so this process embeds
-            # nothing; the zero keeps every parameter in the graph, as DDP requires.
-            embeddings = pooled.new_zeros((0, self.oim_loss.lut.shape[1]))
-            fg_pids = pids[:0]
-            loss = sum(p.sum() for p in self.embed_head.parameters()) * 0.0 + pooled.sum() * 0.0
-        # Every process enters the gather every iteration, even with nothing to add: skipping it
-        # here would leave the others waiting forever.
-        self.oim_loss.update_memory(*_gather_from_all_ranks(embeddings.detach(), fg_pids))
-        return loss
+        if int(foreground.sum()) < 2:
+            return None, pids[:0]
+        return self.reid_head(box_features[foreground]), pids[foreground]
+
+    def _reid_losses(
+        self, reid: Optional[ReIDOutputs], pids: torch.Tensor, box_features: torch.Tensor
+    ) -> Dict[str, torch.Tensor]:
+        """Every re-ID loss, on every process (the OIM memory update is a collective)."""
+        losses = {}
+        for name in self.reid_loss_names:
+            losses.update(getattr(self, name)(reid, pids))
+        if reid is None:
+            # Zeros that keep every re-ID parameter in the graph, as DDP requires.
+            zero = (
+                sum(p.sum() for p in self.reid_head.parameters()) * 0.0 + box_features.sum() * 0.0
+            )
+            losses = {key: value + zero for key, value in losses.items()}
+        return losses
+
+    def embed_boxes(self, features: Dict[str, torch.Tensor], boxes: List[Boxes]) -> ReIDOutputs:
+        """
+        Re-ID outputs of any boxes (network-input coordinates, one Boxes per image), in training
+        (ground-truth or jittered boxes) as in inference; rows in image order.
+        """
+        box_features = self._shared_roi_transform([features[f] for f in self.in_features], boxes)
+        return self.reid_head(box_features)
 
     def forward_with_given_boxes(
         self, features: Dict[str, torch.Tensor], instances: List[Instances]
@@ -252,10 +196,7 @@ class OIMROIHeads(Res5ROIHeads):
             L2-normalised.
         """
         assert not self.training
-        box_features = self._shared_roi_transform(
-            [features[f] for f in self.in_features], [x.pred_boxes for x in instances]
-        )
-        embeddings = self.embed_head(box_features.mean(dim=[2, 3]))
+        embeddings = self.embed_boxes(features, [x.pred_boxes for x in instances]).embeddings
         for inst, emb in zip(instances, embeddings.split([len(x) for x in instances])):
             inst.reid_feats = emb
         return instances
