@@ -59,8 +59,9 @@ def add_personsearch_config(cfg):
     _C.MODEL.KD_DET = CN()
     # The name (in MODEL.TEACHERS) of the DetectorTeacher the KD_det losses compare with.
     _C.MODEL.KD_DET.TEACHER = "detector"
-    # lambda_hint: weight of the L2 hint loss between the 1x1-conv-adapted student feature and the
-    # teacher's (0.5 in the seed paper).
+    # lambda_hint: weight of the hint loss, the mean over all B*C*H*W elements of the squared
+    # difference between the 1x1-conv-adapted student map and the teacher's (0.5 in the seed paper,
+    # whose ||V - Z||^2 is a sum: a mean keeps the weight independent of the map's size).
     _C.MODEL.KD_DET.HINT_WEIGHT = 0.5
     # The student's backbone output compared by the hint loss (the "BaseNet" output: res4 for C4)
     # and the teacher's ("" = the same name; e.g. "p4", stride 16 like res4, for an FPN teacher).
@@ -69,11 +70,17 @@ def add_personsearch_config(cfg):
     # mu: weight of the ground-truth CE in RPN and RCN classification; 1 - mu weighs the soft CE
     # against the teacher.
     _C.MODEL.KD_DET.HARD_WEIGHT = 0.5
-    # Temperature softening both networks' class probabilities in the soft CE (10 in the seed).
+    # Temperature softening both networks' class probabilities in the soft CE (10 in the seed;
+    # Chen et al. found T = 1 best for detection).
     _C.MODEL.KD_DET.TEMPERATURE = 10.0
+    # Multiply the soft CE by T^2 (Hinton et al.): its gradient shrinks about as 1/T^2, so at T = 10
+    # without it the teacher's classification signal is ~100x weaker than the hard CE's. Off by
+    # default, as the seed paper writes the loss and as every result so far was trained.
+    _C.MODEL.KD_DET.SOFT_T_SQUARED = False
     # Weight of the background class in the soft CE (1.5 after Chen et al.).
     _C.MODEL.KD_DET.BACKGROUND_WEIGHT = 1.5
-    # gamma: weight of the teacher-bounded L2 regression loss added to smooth L1 (RPN and RCN).
+    # gamma: weight of the teacher-bounded L2 regression loss added to the student's own box loss
+    # (RPN and RCN; L1 with the SMOOTH_L1_BETA 0 of configs/Base-OIM-C4.yaml).
     _C.MODEL.KD_DET.BOUNDED_REG_WEIGHT = 0.5
     # m: the bounded loss counts where the student's squared error + m exceeds the teacher's.
     _C.MODEL.KD_DET.BOUNDED_REG_MARGIN = 0.0

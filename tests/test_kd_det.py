@@ -180,3 +180,19 @@ def test_imagenet_style_weights_load_into_the_student_only(tmp_path):
         assert torch.equal(model.backbone.state_dict()[key], value), key
     for key, value in teacher.state_dict().items():
         assert torch.equal(value, teacher_before[key]), key
+
+
+def test_soft_t_squared_scales_the_soft_terms_by_t_squared(tmp_path, records):
+    teacher = det_teacher(tmp_path, depth=18)
+    soft = {}
+    for t_squared in (False, True):
+        cfg = _student_cfg(teacher, **{"MODEL.KD_DET.SOFT_T_SQUARED": t_squared})
+        set_seed(0)
+        model = build_model(cfg).train()
+        set_seed(1)
+        with EventStorage(), torch.no_grad():
+            losses = model(model_inputs(cfg, records))
+        soft[t_squared] = (losses["loss_cls_kd"], losses["loss_rpn_cls_kd"], losses["loss_cls"])
+    assert soft[True][0] == pytest.approx(100 * soft[False][0], rel=1e-5)  # T = 10
+    assert soft[True][1] == pytest.approx(100 * soft[False][1], rel=1e-5)
+    assert soft[True][2] == pytest.approx(soft[False][2], rel=1e-6)  # the hard term is unchanged

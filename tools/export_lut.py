@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 # Copyright (c) personsearch_kd contributors. Licensed under the Apache License 2.0.
 """
-Export a teacher's identity lookup table for KD_reid (MODEL.OIM.LUT_FILE of a student).
+Export a teacher's identity lookup table for KD_reid (the WEIGHTS of a student's LUTFileTeacher).
 
     # the seed paper's way: copy the LUT buffer of a trained OIM-family checkpoint
     python tools/export_lut.py --config-file configs/mot15/oim_R_50_C4_cpu.yaml --from-checkpoint \

@@ -17,7 +17,7 @@ configs() { for name in "$@"; do echo "configs/mot15/${name}_${size}.yaml"; done
 # 1. The teachers, which are also the baselines of the table.
 python3 tools/benchmark.py "$@" --config-files $(configs det_R_50_C4 det_R_18_C4 oim_R_50_C4 oim_R_18_C4)
 
-# 2. KD_reid: the OIM teachers' lookup tables, where the students' MODEL.OIM.LUT_FILE expects them.
+# 2. KD_reid: the OIM teachers' lookup tables, where the students' LUTFileTeacher expects them.
 for depth in 50 18; do
   out="output/mot15_oim_R_${depth}_C4_${size}"
   if [ ! -f "$out/lut.pth" ]; then

@@ -82,6 +82,7 @@ class _KDDetLoss(nn.Module):
             "hard_weight": kd.HARD_WEIGHT,
             "temperature": kd.TEMPERATURE,
             "background_weight": kd.BACKGROUND_WEIGHT,
+            "soft_t_squared": kd.SOFT_T_SQUARED,
             "bounded_reg_weight": kd.BOUNDED_REG_WEIGHT,
             "bounded_reg_margin": kd.BOUNDED_REG_MARGIN,
         }
@@ -93,6 +94,7 @@ class _KDDetLoss(nn.Module):
         hard_weight: float,
         temperature: float,
         background_weight: float,
+        soft_t_squared: bool,
         bounded_reg_weight: float,
         bounded_reg_margin: float,
     ):
@@ -101,12 +103,14 @@ class _KDDetLoss(nn.Module):
             teacher: the name of the DetectorTeacher.
             hard_weight, temperature, background_weight, bounded_reg_weight, bounded_reg_margin:
                 mu, T, w_bg, gamma, m (``MODEL.KD_DET``).
+            soft_t_squared: multiply the soft CE by T^2 (``MODEL.KD_DET.SOFT_T_SQUARED``).
         """
         super().__init__()
         self.teacher = teacher
         self.hard_weight = hard_weight
         self.temperature = temperature
         self.background_weight = background_weight
+        self.soft_scale = temperature**2 if soft_t_squared else 1.0
         self.bounded_reg_weight = bounded_reg_weight
         self.bounded_reg_margin = bounded_reg_margin
 
@@ -252,7 +256,7 @@ class RPNDistillLoss(_KDDetLoss):
         )
         return {
             "loss_rpn_cls": self.hard_weight * student_losses["loss_rpn_cls"],
-            "loss_rpn_cls_kd": (1 - self.hard_weight) * soft,
+            "loss_rpn_cls_kd": (1 - self.hard_weight) * self.soft_scale * soft,
             "loss_rpn_loc_kd": self.bounded_reg_weight * bounded,
         }
 
@@ -317,7 +321,7 @@ class RCNDistillLoss(_KDDetLoss):
         )
         return {
             "loss_cls": self.hard_weight * student_losses["loss_cls"],
-            "loss_cls_kd": (1 - self.hard_weight) * soft,
+            "loss_cls_kd": (1 - self.hard_weight) * self.soft_scale * soft,
             "loss_box_reg_kd": self.bounded_reg_weight * bounded,
         }
 
