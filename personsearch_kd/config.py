@@ -85,6 +85,21 @@ def add_personsearch_config(cfg):
     # m: the bounded loss counts where the student's squared error + m exceeds the teacher's.
     _C.MODEL.KD_DET.BOUNDED_REG_MARGIN = 0.0
 
+    _C.INPUT.REID_CROP = CN()
+    # Re-ID networks on person crops (CropReIDNet): the crop size (H, W), 256 x 128 in re-ID.
+    _C.INPUT.REID_CROP.SIZE = (256, 128)
+    # Image-level spatial augmentation (ISA, DKD): alpha, pixels the box may grow on each side
+    # (also the cap of the jitter), and Delta_p, the jitter in pixels of the crop (0 = no ISA).
+    _C.INPUT.REID_CROP.EXPAND = 10.0
+    _C.INPUT.REID_CROP.SHIFT = 0.0
+    # Probability of erasing a random rectangle of a training crop (random erasing).
+    _C.INPUT.REID_CROP.ERASE_PROB = 0.5
+    # Train on ground-truth person crops of DATASETS.TRAIN in identity-balanced P x K batches
+    # (CropReIDNet) instead of scene images; evaluation then searches the ground-truth boxes.
+    _C.DATALOADER.PERSON_CROPS = False
+    # K, the crops of each identity in a P x K batch (P = SOLVER.IMS_PER_BATCH / K per process).
+    _C.DATALOADER.REID_INSTANCES_PER_ID = 4
+
     _C.TEST.PERSON_SEARCH = CN()
     # Gallery detections scoring below this are not searched (0.5 in the literature).
     _C.TEST.PERSON_SEARCH.SEARCH_SCORE_THRESH = 0.5

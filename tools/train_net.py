@@ -22,7 +22,8 @@ from detectron2.utils.logger import setup_logger
 
 from personsearch_kd import PersonSearchDatasetMapper, add_personsearch_config, student_config
 from personsearch_kd.engine import PeakMemory, SafeCheckpointer
-from personsearch_kd.evaluation import PersonSearchEvaluator
+from personsearch_kd.data import build_person_crop_train_loader
+from personsearch_kd.evaluation import GroundTruthBoxes, PersonSearchEvaluator
 
 
 class Trainer(DefaultTrainer):
@@ -40,6 +41,10 @@ class Trainer(DefaultTrainer):
 
     @classmethod
     def build_test_loader(cls, cfg, dataset_name):
+        if cfg.DATALOADER.PERSON_CROPS:
+            # A re-ID network on crops finds no person: it searches the ground-truth boxes.
+            mapper = GroundTruthBoxes(DatasetMapper(cfg, False))
+            return build_detection_test_loader(cfg, dataset_name, mapper=mapper)
         if not cfg.TEST.PERSON_SEARCH.DETECTION_ONLY:
             return super().build_test_loader(cfg, dataset_name)
         # A plain detector has no query mode: run the gallery images only.
@@ -59,6 +64,8 @@ class Trainer(DefaultTrainer):
 
     @classmethod
     def build_train_loader(cls, cfg):
+        if cfg.DATALOADER.PERSON_CROPS:
+            return build_person_crop_train_loader(cfg)
         # Our mapper carries person ids to Instances.gt_pids.
         return build_detection_train_loader(cfg, mapper=PersonSearchDatasetMapper(cfg, True))
 

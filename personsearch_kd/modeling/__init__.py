@@ -1,5 +1,6 @@
 # Copyright (c) personsearch_kd contributors. Licensed under the Apache License 2.0.
 # Importing this module registers the meta-architecture, the ROI heads, the re-ID head and losses.
+from .crop_reid import CropReIDNet
 from .meta_arch import PersonSearchRCNN
 from .record import StudentRecord
 from .reid_head import REID_HEAD_REGISTRY, EmbeddingHead, ReIDOutputs
