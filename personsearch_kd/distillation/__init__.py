@@ -7,11 +7,18 @@ from .losses import (
     RPNDistillLoss,
     build_distillation_losses,
 )
-from .teachers import TEACHER_REGISTRY, DetectorTeacher, LUTFileTeacher, build_teachers
+from .teachers import (
+    TEACHER_REGISTRY,
+    CropReIDTeacher,
+    DetectorTeacher,
+    LUTFileTeacher,
+    build_teachers,
+)
 
 __all__ = [
     "DISTILL_LOSS_REGISTRY",
     "TEACHER_REGISTRY",
+    "CropReIDTeacher",
     "DetectorTeacher",
     "HintLoss",
     "LUTFileTeacher",

@@ -21,11 +21,20 @@ from detectron2.structures import Boxes, ImageList
 from detectron2.utils.registry import Registry
 
 from ..config import add_personsearch_config
+from ..layers.crops import crop_boxes
 from ..layers.lut_file import check_lut_file, load_lut_file
+from ..modeling.crop_reid import CropReIDNet
 from ..modeling.predictions import box_head_predictions, rpn_predictions
 from ..modeling.record import StudentRecord
+from ..modeling.reid_head import ReIDOutputs
 
-__all__ = ["TEACHER_REGISTRY", "DetectorTeacher", "LUTFileTeacher", "build_teachers"]
+__all__ = [
+    "TEACHER_REGISTRY",
+    "CropReIDTeacher",
+    "DetectorTeacher",
+    "LUTFileTeacher",
+    "build_teachers",
+]
 
 TEACHER_REGISTRY = Registry("TEACHER")
 TEACHER_REGISTRY.__doc__ = """
@@ -56,49 +65,44 @@ class Teacher(nn.Module):
         return None
 
 
-@TEACHER_REGISTRY.register()
-class DetectorTeacher(Teacher):
+def _build_frozen_model(cfg, name: str, spec: CfgNode, expected: str, check) -> nn.Module:
     """
-    A frozen detector (KD_det): any detectron2 :class:`GeneralizedRCNN` with an RPN, C4 or FPN,
-    e.g. our DET person detector, built from its own CONFIG_FILE (its own pixel mean/std and input
-    format) with OPTS applied, MODEL.DEVICE following the student's, and WEIGHTS loaded with
-    DetectionCheckpointer (a checkpoint that lacks teacher parameters is an error).
+    Build MODEL.TEACHERS.<name>'s model from its own CONFIG_FILE with OPTS applied and
+    MODEL.DEVICE following the student's, check it (``check(model)`` is True when it is of the
+    ``expected`` kind) and load its WEIGHTS, failing if they lack any of its parameters.
     """
+    key = f"MODEL.TEACHERS.{name}"
+    config_file, weights = spec.CONFIG_FILE, spec.WEIGHTS
+    if not os.path.isfile(config_file):
+        raise FileNotFoundError(f"{key}.CONFIG_FILE={config_file!r}: expected {expected}'s config")
+    teacher_cfg = get_cfg()
+    add_personsearch_config(teacher_cfg)
+    teacher_cfg.merge_from_file(config_file)
+    teacher_cfg.merge_from_list(list(spec.OPTS))
+    teacher_cfg.MODEL.DEVICE = cfg.MODEL.DEVICE
+    model = build_model(teacher_cfg)
+    if not check(model):
+        raise ValueError(
+            f"{key}.CONFIG_FILE={config_file!r} builds {type(model).__name__}; expected {expected}"
+        )
+    # URLs (detectron2://, https://) are fetched by the checkpointer.
+    if "://" not in weights and not os.path.isfile(weights):
+        raise FileNotFoundError(
+            f"{key}.WEIGHTS={weights!r}: expected the trained teacher's checkpoint"
+        )
+    _StrictCheckpointer(model, f"{key}.WEIGHTS={weights!r}", config_file).load(weights)
+    return model
 
-    @configurable
-    def __init__(self, *, model: GeneralizedRCNN, name: str):
+
+class _ImageTeacher(Teacher):
+    """A teacher network that sees the student's input images, converted to its INPUT.FORMAT."""
+
+    def __init__(self, model: nn.Module, name: str):
         super().__init__()
         self.model = model
         self.name = name
         self.student_input_format = model.input_format  # until prepare_student says otherwise
         self.freeze()
-
-    @classmethod
-    def from_config(cls, cfg, name: str, spec: CfgNode):
-        key = f"MODEL.TEACHERS.{name}"
-        config_file, weights = spec.CONFIG_FILE, spec.WEIGHTS
-        if not os.path.isfile(config_file):
-            raise FileNotFoundError(
-                f"{key}.CONFIG_FILE={config_file!r}: expected the teacher detector's config file"
-            )
-        teacher_cfg = get_cfg()
-        add_personsearch_config(teacher_cfg)
-        teacher_cfg.merge_from_file(config_file)
-        teacher_cfg.merge_from_list(list(spec.OPTS))
-        teacher_cfg.MODEL.DEVICE = cfg.MODEL.DEVICE
-        model = build_model(teacher_cfg)
-        if not isinstance(model, GeneralizedRCNN) or not isinstance(model.proposal_generator, RPN):
-            raise ValueError(
-                f"{key}.CONFIG_FILE={config_file!r} builds {type(model).__name__} with "
-                f"{type(model.proposal_generator).__name__}; expected a GeneralizedRCNN with an RPN"
-            )
-        # URLs (detectron2://, https://) are fetched by the checkpointer.
-        if "://" not in weights and not os.path.isfile(weights):
-            raise FileNotFoundError(
-                f"{key}.WEIGHTS={weights!r}: expected the trained teacher's checkpoint"
-            )
-        _StrictCheckpointer(model, f"{key}.WEIGHTS={weights!r}", config_file).load(weights)
-        return {"model": model, "name": name}
 
     def prepare_student(self, student: nn.Module) -> None:
         formats = {student.input_format, self.model.input_format}
@@ -109,12 +113,99 @@ class DetectorTeacher(Teacher):
             )
         self.student_input_format = student.input_format
 
+    def teacher_image(self, image: torch.Tensor) -> torch.Tensor:
+        """A student input image (C, H, W) in the teacher's channel order (RGB <-> BGR flip)."""
+        return image if self.student_input_format == self.model.input_format else image.flip(0)
+
+
+@TEACHER_REGISTRY.register()
+class DetectorTeacher(_ImageTeacher):
+    """
+    A frozen detector (KD_det): any detectron2 :class:`GeneralizedRCNN` with an RPN, C4 or FPN,
+    e.g. our DET person detector, built from its own CONFIG_FILE (its own pixel mean/std and input
+    format) with OPTS applied, MODEL.DEVICE following the student's, and WEIGHTS loaded with
+    DetectionCheckpointer (a checkpoint that lacks teacher parameters is an error).
+    """
+
+    @configurable
+    def __init__(self, *, model: GeneralizedRCNN, name: str):
+        super().__init__(model, name)
+
+    @classmethod
+    def from_config(cls, cfg, name: str, spec: CfgNode):
+        def is_detector(model):
+            return isinstance(model, GeneralizedRCNN) and isinstance(model.proposal_generator, RPN)
+
+        model = _build_frozen_model(cfg, name, spec, "a GeneralizedRCNN with an RPN", is_detector)
+        return {"model": model, "name": name}
+
     def outputs(self, record: StudentRecord) -> "DetectorTeacherOutputs":
         return DetectorTeacherOutputs(self, record)
 
     def images(self, batched_inputs: List[Dict]) -> ImageList:
         """The student's images normalised the teacher's way (its INPUT.FORMAT, pixel mean/std)."""
-        return _teacher_images(self.model, self.student_input_format, batched_inputs)
+        return self.model.preprocess_image(
+            [{"image": self.teacher_image(x["image"])} for x in batched_inputs]
+        )
+
+
+@TEACHER_REGISTRY.register()
+class CropReIDTeacher(_ImageTeacher):
+    """
+    A frozen re-ID network on person crops (DKD's external re-ID model), a :class:`CropReIDNet`
+    built from its own CONFIG_FILE and WEIGHTS. Each step it embeds the student's ground-truth
+    boxes, cut from the student's input images at its crop size exactly as it was trained
+    (:func:`crop_boxes`); ``outputs(record).embed(boxes)`` embeds other boxes of those images
+    (jittered ones).
+    """
+
+    @configurable
+    def __init__(self, *, model: nn.Module, name: str):
+        super().__init__(model, name)
+
+    @classmethod
+    def from_config(cls, cfg, name: str, spec: CfgNode):
+        def is_crop_net(model):
+            return isinstance(model, CropReIDNet)
+
+        model = _build_frozen_model(cfg, name, spec, "a CropReIDNet", is_crop_net)
+        return {"model": model, "name": name}
+
+    def outputs(self, record: StudentRecord) -> "CropReIDTeacherOutputs":
+        return CropReIDTeacherOutputs(self, record)
+
+
+class CropReIDTeacherOutputs:
+    """
+    A crop re-ID teacher's outputs for one student step, without gradients: ``ground_truth`` is
+    its :class:`ReIDOutputs` of every ground-truth box of the batch, in image order (the order of
+    ``cat([gt.gt_boxes for gt in record.gt_instances])``), computed on first use.
+    """
+
+    def __init__(self, teacher: CropReIDTeacher, record: StudentRecord):
+        self.teacher = teacher
+        self.record = record
+
+    def embed(self, boxes: List[torch.Tensor]) -> ReIDOutputs:
+        """
+        Args:
+            boxes: per image of the batch, (K_i, 4) XYXY boxes in the student's input pixels.
+        Returns:
+            the teacher's outputs, sum K_i rows in image order.
+        """
+        model = self.teacher.model
+        crops = [
+            crop_boxes(
+                self.teacher.teacher_image(x["image"]).float().to(b.device), b, model.crop_size
+            )
+            for x, b in zip(self.record.batched_inputs, boxes)
+        ]
+        with torch.no_grad():
+            return model.embed(torch.cat(crops))
+
+    @cached_property
+    def ground_truth(self) -> ReIDOutputs:
+        return self.embed([gt.gt_boxes.tensor for gt in self.record.gt_instances])
 
 
 class DetectorTeacherOutputs:
@@ -147,16 +238,6 @@ class DetectorTeacherOutputs:
         rois: List[Boxes] = [r.proposal_boxes for r in self.record.rois]
         with torch.no_grad():
             return box_head_predictions(self.model.roi_heads, self.features, rois)
-
-
-def _teacher_images(
-    model: GeneralizedRCNN, student_format: str, batched_inputs: List[Dict]
-) -> ImageList:
-    """The student's input images (in ``student_format``) as the teacher normalises them."""
-    if model.input_format == student_format:
-        return model.preprocess_image(batched_inputs)
-    # RGB <-> BGR (checked when the student was built): flip the channels.
-    return model.preprocess_image([{"image": x["image"].flip(0)} for x in batched_inputs])
 
 
 class _StrictCheckpointer(DetectionCheckpointer):

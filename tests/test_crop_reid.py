@@ -1,0 +1,158 @@
+# Copyright (c) personsearch_kd contributors. Licensed under the Apache License 2.0.
+"""The re-ID network on person crops (DKD's teacher): data, training, two-step search, teacher."""
+
+import os
+from collections import Counter
+
+import pytest
+
+pytest.importorskip("detectron2")
+
+import torch  # noqa: E402
+
+from detectron2.checkpoint import DetectionCheckpointer  # noqa: E402
+from detectron2.config import get_cfg  # noqa: E402
+from detectron2.data import DatasetCatalog, MetadataCatalog, build_detection_test_loader  # noqa
+from detectron2.data.detection_utils import annotations_to_instances  # noqa: E402
+from detectron2.engine import default_argument_parser  # noqa: E402
+from detectron2.evaluation import inference_on_dataset  # noqa: E402
+from detectron2.modeling import build_model  # noqa: E402
+
+from personsearch_kd import add_personsearch_config, add_teacher  # noqa: E402
+from personsearch_kd.data.datasets.records import query_record, set_metadata  # noqa: E402
+from personsearch_kd.data.person_crops import (  # noqa: E402
+    IdentityBalancedSampler,
+    PersonCropMapper,
+    person_crop_dicts,
+)
+from personsearch_kd.evaluation import PersonSearchEvaluator, TwoStepSearch  # noqa: E402
+from personsearch_kd.layers.lut_file import load_lut_file  # noqa: E402
+from personsearch_kd.modeling import StudentRecord  # noqa: E402
+
+from helpers import CONFIGS, det_teacher, load_tool, model_inputs, set_seed  # noqa: E402
+from helpers import synthetic_record, tiny_cfg  # noqa: E402
+
+PERSONS = [[0, 1, -1], [1, 0], [2, 0, 1], [2, 1]]
+
+
+def _crop_cfg(**overrides):
+    cfg = get_cfg()
+    add_personsearch_config(cfg)
+    cfg.merge_from_file(os.path.join(CONFIGS, "mot15", "reid_crop_R_18_cpu.yaml"))
+    opts = {
+        "MODEL.OIM.NUM_IDS": 6,
+        "INPUT.REID_CROP.SIZE": (64, 32),
+        "SOLVER.IMS_PER_BATCH": 4,
+        "DATALOADER.REID_INSTANCES_PER_ID": 2,
+        "DATALOADER.NUM_WORKERS": 0,
+        "SEED": 0,
+    }
+    for key, value in {**opts, **overrides}.items():
+        cfg.merge_from_list([key, value])
+    return cfg
+
+
+@pytest.fixture
+def tiny_sets(tmp_path):
+    """A train set and a test set (gallery + one query) of synthetic persons, registered."""
+    name = f"crop_reid_{os.getpid()}_{tmp_path.name}"
+    train = [synthetic_record(tmp_path, 10 + i, p) for i, p in enumerate(PERSONS)]
+    gallery = [synthetic_record(tmp_path, 20 + i, p) for i, p in enumerate(PERSONS[:3])]
+    queries = [query_record(gallery[0], gallery[0]["annotations"][0]["bbox"], 0, 0)]
+    DatasetCatalog.register(f"{name}_train", lambda: train)
+    DatasetCatalog.register(f"{name}_test", lambda: gallery + queries)
+    for split in ("train", "test"):
+        set_metadata(f"{name}_{split}", ("all",))
+    yield name
+    for split in ("train", "test"):
+        DatasetCatalog.remove(f"{name}_{split}")
+        MetadataCatalog.remove(f"{name}_{split}")
+
+
+def test_crops_sampler_and_mapper(tmp_path):
+    records = [synthetic_record(tmp_path, i, p) for i, p in enumerate(PERSONS)]
+    crops = person_crop_dicts(records + [query_record(records[0], [0, 0, 5, 5], 0, 0)])
+    assert [c["person_id"] for c in crops] == [0, 1, 1, 0, 2, 0, 1, 2, 1]  # labeled boxes only
+    sampler = iter(IdentityBalancedSampler([c["person_id"] for c in crops], 6, 2, seed=0))
+    for _ in range(5):
+        batch = [crops[next(sampler)]["person_id"] for _ in range(6)]
+        assert sorted(Counter(batch).values()) == [2, 2, 2]  # P = 3 identities x K = 2
+    with pytest.raises(ValueError, match="not a multiple of K = 4"):
+        IdentityBalancedSampler([0, 1], 6, 4, seed=0)
+    sample = PersonCropMapper(_crop_cfg())(crops[0])
+    assert sample["image"].shape == (3, 64, 32) and sample["person_id"] == 0
+
+
+def test_crop_net_trains_with_train_net_and_searches_the_ground_truth_boxes(tmp_path, tiny_sets):
+    config_file = tmp_path / "crop.yaml"
+    config_file.write_text(_crop_cfg().dump())
+    output_dir = tmp_path / "out"
+    opts = ["DATASETS.TRAIN", f"('{tiny_sets}_train',)", "DATASETS.TEST", f"('{tiny_sets}_test',)"]
+    opts += ["SOLVER.MAX_ITER", "3", "SOLVER.WARMUP_ITERS", "0", "OUTPUT_DIR", str(output_dir)]
+    parser, train_net = default_argument_parser(), load_tool("train_net")
+    train_net.main(parser.parse_args(["--config-file", str(config_file), *opts]))
+    weights = ["MODEL.WEIGHTS", str(output_dir / "model_final.pth")]
+    args = parser.parse_args(["--config-file", str(config_file), "--eval-only", *opts, *weights])
+    results = train_net.main(args)["person_search"]
+    # The gallery's boxes are the ground truth: detection is perfect, search is a number.
+    assert results["det_AP"] == pytest.approx(100.0) and 0 < results["mAP"] <= 100
+    metrics = (output_dir / "metrics.json").read_text()
+    assert "loss_id_ce" in metrics and "loss_triplet" in metrics
+
+
+def _trained_crop_net(tmp_path):
+    cfg = _crop_cfg()
+    set_seed(0)
+    model = build_model(cfg)
+    DetectionCheckpointer(model, save_dir=str(tmp_path)).save("crop_net")
+    (tmp_path / "crop_net.yaml").write_text(cfg.dump())
+    return cfg, model.eval(), str(tmp_path / "crop_net.yaml"), str(tmp_path / "crop_net.pth")
+
+
+def test_two_step_search_embeds_the_detector_boxes(tmp_path, tiny_sets):
+    crop_cfg, crop_net, _, _ = _trained_crop_net(tmp_path)
+    det_config, det_weights = det_teacher(tmp_path, depth=18)
+    det_cfg = get_cfg()
+    add_personsearch_config(det_cfg)
+    det_cfg.merge_from_file(det_config)
+    detector = build_model(det_cfg).eval()
+    DetectionCheckpointer(detector).load(det_weights)
+    model = TwoStepSearch(detector, crop_net, crop_cfg.INPUT.FORMAT)
+    dataset = f"{tiny_sets}_test"
+    loader = build_detection_test_loader(det_cfg, dataset)
+    evaluator = PersonSearchEvaluator(dataset, search_score_thresh=0.0, distributed=False)
+    results = inference_on_dataset(model, loader, evaluator)["person_search"]
+    assert 0 <= results["mAP"] <= 100 and 0 <= results["det_AP"] <= 100
+
+
+def test_crop_teacher_is_frozen_outside_checkpoints_and_embeds_like_the_net(tmp_path, tiny_sets):
+    _, crop_net, config_file, weights = _trained_crop_net(tmp_path)
+    cfg = add_teacher(tiny_cfg(18), "reid", "CropReIDTeacher", weights, config_file)
+    student = build_model(cfg)
+    teacher = student.teachers["reid"]
+    student.train()
+    assert not teacher.model.training and not any(p.requires_grad for p in teacher.parameters())
+    assert not any(k.startswith("reid") or ".model." in k for k in student.state_dict())
+    records = DatasetCatalog.get(f"{tiny_sets}_train")[:2]
+    # The test size is the synthetic images' own: inputs and annotations share coordinates.
+    inputs = model_inputs(cfg, records, is_train=False)
+    gt = [annotations_to_instances(r["annotations"], (r["height"], r["width"])) for r in records]
+    record = StudentRecord(inputs, None, None, gt)
+    outputs = teacher.outputs(record).ground_truth
+    assert outputs.embeddings.shape == (5, 256) and outputs.logits.shape == (5, 6)
+    # The student's R18 input is RGB like the crop net's: the teacher sees the same pixels as the
+    # crop net's own query mode on that image.
+    query = {"image": inputs[0]["image"], "query_boxes": gt[0].gt_boxes.tensor}
+    (own,) = crop_net([query])
+    assert torch.allclose(outputs.embeddings[:3], own["instances"].reid_feats, atol=1e-5)
+
+
+def test_export_lut_computes_a_table_with_the_crop_net(tmp_path, tiny_sets):
+    _, _, config_file, weights = _trained_crop_net(tmp_path)
+    output = tmp_path / "lut.pth"
+    load_tool("export_lut").main(
+        ["--config-file", config_file, "--compute", "--weights", weights, "--output", str(output)]
+        + ["DATASETS.TRAIN", f"('{tiny_sets}_train',)"]
+    )
+    content = load_lut_file(str(output))
+    assert content["lut"].shape == (3, 256) and content["method"] == "compute"
