@@ -112,6 +112,9 @@ def add_personsearch_config(cfg):
     # Evaluate detection only (AP, recall), for plain detectors such as the DET teachers of
     # KD_det: the queries of the test sets are not run.
     _C.TEST.PERSON_SEARCH.DETECTION_ONLY = False
+    # Search the ground-truth boxes of the gallery instead of detections, the re-ID quality alone
+    # (always so for re-ID networks on crops, DATALOADER.PERSON_CROPS).
+    _C.TEST.PERSON_SEARCH.GROUND_TRUTH_BOXES = False
 
 
 def add_teacher(cfg, name: str, kind: str, weights: str, config_file: str = "", opts=()):

@@ -41,7 +41,7 @@ class Trainer(DefaultTrainer):
 
     @classmethod
     def build_test_loader(cls, cfg, dataset_name):
-        if cfg.DATALOADER.PERSON_CROPS:
+        if cfg.DATALOADER.PERSON_CROPS or cfg.TEST.PERSON_SEARCH.GROUND_TRUTH_BOXES:
             # A re-ID network on crops finds no person: it searches the ground-truth boxes.
             mapper = GroundTruthBoxes(DatasetMapper(cfg, False))
             return build_detection_test_loader(cfg, dataset_name, mapper=mapper)

@@ -27,7 +27,9 @@ class PersonSearchRCNN(GeneralizedRCNN):
     a (K, 4) tensor or nested list of XYXY boxes in the coordinates of the original image
     (the ``height``/``width`` of the dict, like detector outputs). Each output is then
     ``{"instances": Instances}`` with exactly those K boxes in ``pred_boxes``, ``scores`` = 1 and
-    ``reid_feats`` (K, EMBED_DIM).
+    ``reid_feats`` (K, EMBED_DIM). Inputs with ``"boxes"`` instead are gallery images whose boxes
+    are given (the ground truth, :class:`GroundTruthBoxes`): the same outputs, which an
+    evaluation takes for detections, so that re-ID is measured alone.
 
     Distillation: the training forward records what the student computed in a
     :class:`StudentRecord`, and each distillation loss of MODEL.DISTILLATION.LOSSES reads it with
@@ -84,14 +86,15 @@ class PersonSearchRCNN(GeneralizedRCNN):
         :meth:`embed_query_boxes`. Training adds the distillation losses to the student's.
         """
         if not self.training:
-            with_query = ["query_boxes" in x for x in batched_inputs]
-            if any(with_query):
-                if not all(with_query):
-                    raise ValueError(
-                        "PersonSearchRCNN: either every input of a batch has 'query_boxes' "
-                        f"(query mode) or none has; got {with_query}"
-                    )
-                return self.embed_query_boxes(batched_inputs)
+            for key in ("query_boxes", "boxes"):
+                given = [key in x for x in batched_inputs]
+                if any(given):
+                    if not all(given):
+                        raise ValueError(
+                            f"PersonSearchRCNN: either every input of a batch has {key!r} "
+                            f"(boxes to embed) or none has; got {given}"
+                        )
+                    return self.embed_query_boxes(batched_inputs, key)
             return super().forward(batched_inputs)
         images = self.preprocess_image(batched_inputs)
         record = StudentRecord(
@@ -132,12 +135,13 @@ class PersonSearchRCNN(GeneralizedRCNN):
         record.proposals = rpn.predict_proposals(anchors, logits, deltas, record.images.image_sizes)
         return losses
 
-    def embed_query_boxes(self, batched_inputs: List[Dict[str, torch.Tensor]]):
+    def embed_query_boxes(self, batched_inputs: List[Dict], key: str = "query_boxes"):
         """
         Args:
             batched_inputs: dicts with ``image`` (C, H', W') as in :meth:`forward`, optional
-                ``height``/``width`` of the original image and ``query_boxes`` (K, 4) XYXY in
+                ``height``/``width`` of the original image and ``key`` (K, 4) XYXY boxes in
                 original-image coordinates.
+            key: "query_boxes" or "boxes".
 
         Returns:
             list[dict]: ``{"instances": Instances}`` per input, of the original image size, with
@@ -148,10 +152,12 @@ class PersonSearchRCNN(GeneralizedRCNN):
         features = self.backbone(images.tensor)
         given, scaled = [], []
         for inputs, (input_h, input_w) in zip(batched_inputs, images.image_sizes):
-            boxes = torch.as_tensor(inputs["query_boxes"], dtype=torch.float32, device=self.device)
+            boxes = torch.as_tensor(inputs[key], dtype=torch.float32, device=self.device)
+            if boxes.numel() == 0:
+                boxes = boxes.reshape(0, 4)
             if boxes.dim() != 2 or boxes.shape[1] != 4:
                 raise ValueError(
-                    f"query_boxes of {inputs.get('file_name', 'an input')}: expected shape (K, 4) "
+                    f"{key} of {inputs.get('file_name', 'an input')}: expected shape (K, 4) "
                     f"XYXY, got {tuple(boxes.shape)}"
                 )
             height, width = inputs.get("height", input_h), inputs.get("width", input_w)
