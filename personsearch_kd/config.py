@@ -100,6 +100,20 @@ def add_personsearch_config(cfg):
     # K, the crops of each identity in a P x K batch (P = SOLVER.IMS_PER_BATCH / K per process).
     _C.DATALOADER.REID_INSTANCES_PER_ID = 4
 
+    _C.MODEL.DKD = CN()
+    # DKDLoss: the name (in MODEL.TEACHERS) of its CropReIDTeacher, and the weights beta_p,
+    # beta_pr, beta_tr of the probability, pair-wise relation and cross-model triplet terms
+    # (not recovered from the paper: 1 each, tuned on the training split only), the triplet
+    # margin m (0.3, a re-ID baseline's), and FSA: the probability term on jittered copies of the
+    # boxes too (the same relative jitter for the student's ROI and the teacher's crop, in the
+    # ISA range of INPUT.REID_CROP).
+    _C.MODEL.DKD.TEACHER = "reid"
+    _C.MODEL.DKD.PROB_WEIGHT = 1.0
+    _C.MODEL.DKD.RELATION_WEIGHT = 1.0
+    _C.MODEL.DKD.TRIPLET_WEIGHT = 1.0
+    _C.MODEL.DKD.TRIPLET_MARGIN = 0.3
+    _C.MODEL.DKD.FSA = True
+
     _C.TEST.PERSON_SEARCH = CN()
     # Gallery detections scoring below this are not searched (0.5 in the literature).
     _C.TEST.PERSON_SEARCH.SEARCH_SCORE_THRESH = 0.5

@@ -39,6 +39,12 @@ def test_config_builds_a_person_search_model(path, tmp_path):
         model = build_model(cfg)
         assert type(model.roi_heads).__name__ == "PersonDetectorROIHeads"
         return
+    if cfg.DATALOADER.PERSON_CROPS:
+        # A re-ID network on crops (DKD's teacher): a classifier over the training identities.
+        model = build_model(cfg)
+        assert type(model).__name__ == "CropReIDNet"
+        assert model.reid_head.classifier.out_features == cfg.MODEL.OIM.NUM_IDS
+        return
     teacher_lut, kinds = None, {spec.KIND: name for name, spec in cfg.MODEL.TEACHERS.items()}
     if "LUTFileTeacher" in kinds:
         # KD_reid: the teacher's exported table stands in for the file the config names.
@@ -56,15 +62,17 @@ def test_config_builds_a_person_search_model(path, tmp_path):
             "",
             "teacher.pth",
         )
-    if "DetectorTeacher" in kinds:
-        # KD_det: the named teacher config (a shipped DET config), with an untrained checkpoint.
-        spec = cfg.MODEL.TEACHERS[kinds["DetectorTeacher"]]
+    for kind in ("DetectorTeacher", "CropReIDTeacher"):
+        if kind not in kinds:
+            continue
+        # KD_det, DKD: the named teacher config (a shipped one), with an untrained checkpoint.
+        spec = cfg.MODEL.TEACHERS[kinds[kind]]
         spec.CONFIG_FILE = os.path.join(REPO_ROOT, spec.CONFIG_FILE)
         teacher_cfg = _cfg(spec.CONFIG_FILE)
         teacher_cfg.MODEL.DEVICE = "cpu"
-        assert teacher_cfg.TEST.PERSON_SEARCH.DETECTION_ONLY
-        DetectionCheckpointer(build_model(teacher_cfg), save_dir=str(tmp_path)).save("teacher")
-        spec.WEIGHTS = str(tmp_path / "teacher.pth")
+        assert teacher_cfg.TEST.PERSON_SEARCH.DETECTION_ONLY == (kind == "DetectorTeacher")
+        DetectionCheckpointer(build_model(teacher_cfg), save_dir=str(tmp_path)).save(kind)
+        spec.WEIGHTS = str(tmp_path / f"{kind}.pth")
     model = build_model(cfg)
     assert isinstance(model, PersonSearchRCNN)
     oim = model.roi_heads.oim_loss
@@ -72,6 +80,9 @@ def test_config_builds_a_person_search_model(path, tmp_path):
     if teacher_lut is not None:
         assert torch.equal(oim.lut, teacher_lut) and oim.freeze_lut
         assert oim.weight == 0.1
+    if "CropReIDTeacher" in kinds:
+        assert set(model.distillation_losses) == {"DKDLoss"}
+        assert model.roi_heads.reid_head.classifier is not None  # identity probabilities
     if "DetectorTeacher" in kinds:
         teacher = model.teachers[kinds["DetectorTeacher"]]
         assert type(teacher.model.roi_heads).__name__ == "PersonDetectorROIHeads"

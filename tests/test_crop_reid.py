@@ -17,6 +17,7 @@ from detectron2.data.detection_utils import annotations_to_instances  # noqa: E4
 from detectron2.engine import default_argument_parser  # noqa: E402
 from detectron2.evaluation import inference_on_dataset  # noqa: E402
 from detectron2.modeling import build_model  # noqa: E402
+from detectron2.utils.events import EventStorage  # noqa: E402
 
 from personsearch_kd import add_personsearch_config, add_teacher  # noqa: E402
 from personsearch_kd.data.datasets.records import query_record, set_metadata  # noqa: E402
@@ -178,3 +179,35 @@ def test_an_end_to_end_model_can_search_the_ground_truth_boxes_too(tmp_path, tin
     # An untrained detector finds nobody at score 0.5; the given boxes are the persons themselves.
     assert results["det_AP"] == pytest.approx(100.0) and results["det_recall"] == pytest.approx(100)
     assert 0 < results["mAP"] <= 100
+
+
+def test_dkd_student_trains_with_the_crop_teacher(tmp_path, tiny_sets):
+    _, crop_net, config_file, weights = _trained_crop_net(tmp_path)
+    cfg = tiny_cfg(
+        18,
+        **{
+            "MODEL.REID.LOSSES": ["OIMReIDLoss", "IdentityCrossEntropyLoss"],
+            "MODEL.DISTILLATION.LOSSES": ["DKDLoss"],
+            "INPUT.REID_CROP.SIZE": (64, 32),
+            "INPUT.REID_CROP.SHIFT": 2.0,
+        },
+    )
+    add_teacher(cfg, "reid", "CropReIDTeacher", weights, config_file)
+    set_seed(0)
+    model = build_model(cfg).train()
+    teacher_before = {k: v.clone() for k, v in model.teachers["reid"].state_dict().items()}
+    records = DatasetCatalog.get(f"{tiny_sets}_train")[:2]
+    with EventStorage():
+        losses = model(model_inputs(cfg, records))
+        sum(losses.values()).backward()
+    for key in ("loss_dkd_prob", "loss_dkd_relation", "loss_dkd_triplet"):
+        assert torch.isfinite(losses[key]) and losses[key].requires_grad, key
+    assert losses["loss_dkd_prob"] > 0 and losses["loss_dkd_relation"] > 0
+    assert model.roi_heads.reid_head.classifier.weight.grad.abs().sum() > 0
+    for key, value in model.teachers["reid"].state_dict().items():
+        assert torch.equal(value, teacher_before[key]), key
+    assert not any("DKDLoss" in k for k in model.state_dict())  # nothing trainable of its own
+
+    cfg.MODEL.REID.LOSSES = ["OIMReIDLoss"]  # no identity probabilities in the student
+    with pytest.raises(ValueError, match="needs identity probabilities from both networks"):
+        build_model(cfg)

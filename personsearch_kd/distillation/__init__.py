@@ -2,6 +2,7 @@
 # Teachers and distillation losses; importing this module registers the built-in ones.
 from .losses import (
     DISTILL_LOSS_REGISTRY,
+    DKDLoss,
     HintLoss,
     RCNDistillLoss,
     RPNDistillLoss,
@@ -19,6 +20,7 @@ __all__ = [
     "DISTILL_LOSS_REGISTRY",
     "TEACHER_REGISTRY",
     "CropReIDTeacher",
+    "DKDLoss",
     "DetectorTeacher",
     "HintLoss",
     "LUTFileTeacher",
