@@ -192,7 +192,7 @@ def test_soft_t_squared_scales_the_soft_terms_by_t_squared(tmp_path, records):
         set_seed(1)
         with EventStorage(), torch.no_grad():
             losses = model(model_inputs(cfg, records))
-        soft[t_squared] = (losses["loss_cls_kd"], losses["loss_rpn_cls_kd"], losses["loss_cls"])
+        soft[t_squared] = [losses[k].item() for k in ("loss_cls_kd", "loss_rpn_cls_kd", "loss_cls")]
     assert soft[True][0] == pytest.approx(100 * soft[False][0], rel=1e-5)  # T = 10
     assert soft[True][1] == pytest.approx(100 * soft[False][1], rel=1e-5)
     assert soft[True][2] == pytest.approx(soft[False][2], rel=1e-6)  # the hard term is unchanged
