@@ -1,8 +1,8 @@
 # Copyright (c) personsearch_kd contributors. Licensed under the Apache License 2.0.
 # Teachers and distillation losses; importing this module registers the built-in ones.
+from .dkd import DKDLoss
 from .losses import (
     DISTILL_LOSS_REGISTRY,
-    DKDLoss,
     HintLoss,
     RCNDistillLoss,
     RPNDistillLoss,

@@ -38,17 +38,6 @@ class ReIDOutputs:
     feature_map: torch.Tensor
     logits: Optional[torch.Tensor] = None
 
-    def __len__(self) -> int:
-        return len(self.embeddings)
-
-    def __getitem__(self, index) -> "ReIDOutputs":
-        """The outputs of a subset of the boxes (a boolean mask or indices)."""
-        return ReIDOutputs(
-            self.embeddings[index],
-            self.feature_map[index],
-            None if self.logits is None else self.logits[index],
-        )
-
 
 @REID_HEAD_REGISTRY.register()
 class EmbeddingHead(nn.Module):
