@@ -5,7 +5,6 @@ the boxes of a detector or on the ground-truth boxes, evaluated by :class:`Perso
 exactly as an end-to-end model.
 """
 
-import copy
 from typing import Callable, Dict, List
 
 import torch
@@ -34,7 +33,8 @@ class GroundTruthBoxes:
                 BoxMode.convert(a["bbox"], a["bbox_mode"], BoxMode.XYXY_ABS)
                 for a in record.get("annotations", [])
             ]
-        mapped = self.mapper(copy.deepcopy(record))
+        # detectron2 mappers copy the dict they are given: the boxes above are read first anyway.
+        mapped = self.mapper(record)
         if boxes is not None:
             mapped["boxes"] = boxes
         return mapped
