@@ -3,6 +3,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -122,3 +123,29 @@ def test_benchmark_reuses_an_evaluation_only_of_the_same_config_and_checkpoint(t
     later = json_file.stat().st_mtime + 10
     os.utime(checkpoint, (later, later))
     assert benchmark.reusable_evaluation(str(json_file), cfg) is None
+
+
+def test_benchmark_resumes_an_interrupted_training_from_its_last_checkpoint(tmp_path):
+    # A 2-iteration run stands for a training killed at iteration 2 of 4: the benchmark's
+    # training command continues it from last_checkpoint instead of starting over.
+    benchmark = load_tool("benchmark")
+    config_file = tmp_path / "tiny.yaml"
+    config_file.write_text(tiny_cfg(18, OUTPUT_DIR=str(tmp_path / "out")).dump())
+    env = dict(os.environ, DETECTRON2_DATASETS=os.path.join(REPO_ROOT, "datasets"))
+    opts = [
+        "DATASETS.TRAIN", "('mot15_ps_sample_train',)", "DATASETS.TEST", "()",
+        "MODEL.OIM.NUM_IDS", "13", "SOLVER.IMS_PER_BATCH", "1", "SOLVER.STEPS", "()",
+        "SOLVER.WARMUP_ITERS", "0", "SOLVER.CHECKPOINT_PERIOD", "1",
+    ]  # fmt: skip
+    first = benchmark.train_command(str(config_file), opts + ["SOLVER.MAX_ITER", "2"], False)
+    subprocess.run(first, env=env, check=True, capture_output=True)
+    (tmp_path / "out" / "model_final.pth").unlink()
+    (tmp_path / "out" / "last_checkpoint").write_text("model_0000001.pth")
+
+    second = benchmark.train_command(str(config_file), opts + ["SOLVER.MAX_ITER", "4"], False)
+    subprocess.run(second, env=env, check=True, capture_output=True)
+    # Two segments of one run: iterations 0-1, then 2-3 (a restart would start at 0 again).
+    log = (tmp_path / "out" / "log.txt").read_text()
+    starts = re.findall(r"Starting training from iteration (\d+)", log)
+    assert starts == ["0", "2"]
+    assert "--resume" not in benchmark.train_command(str(config_file), opts, True)

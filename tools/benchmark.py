@@ -7,10 +7,11 @@ detection AP and recall, training time per iteration, training wall time, infere
 gallery image and peak memory.
 
 Each config is trained first with tools/train_net.py unless its OUTPUT_DIR already holds
-model_final.pth (--retrain forces it); training numbers come from that run's metrics.json and
-log.txt. Evaluation runs in a fresh process per config, so its peak memory is its own, and is
-saved to OUTPUT_DIR/benchmark.json; a later run reuses it while the checkpoint is older and the
-merged config (file and --opts) is the same (--reevaluate forces it). DET configs
+model_final.pth (--retrain forces it; an interrupted training resumes from its last checkpoint);
+training numbers come from that run's metrics.json and log.txt (the wall time of a resumed run is
+that of its last segment). Evaluation runs in a fresh process per config, so its peak memory is
+its own, and is saved to OUTPUT_DIR/benchmark.json; a later run reuses it while the checkpoint is
+older and the merged config (file and --opts) is the same (--reevaluate forces it). DET configs
 (TEST.PERSON_SEARCH.DETECTION_ONLY) fill the detection columns only.
 
     python tools/benchmark.py --config-files configs/mot15/oim_R_18_C4_cpu.yaml \
@@ -168,16 +169,23 @@ def _fmt(value, spec):
     return "n/a" if value is None else format(value, spec)
 
 
+def train_command(config_file, opts, retrain):
+    """
+    The tools/train_net.py command line of a config. It resumes an interrupted run from
+    OUTPUT_DIR/last_checkpoint (a fresh OUTPUT_DIR starts from MODEL.WEIGHTS) unless ``retrain``.
+    """
+    resume = [] if retrain else ["--resume"]
+    return [sys.executable, os.path.join(TOOLS, "train_net.py"), "--config-file", config_file] + (
+        resume + list(opts)
+    )
+
+
 def benchmark(args):
     rows = []
     for config_file in args.config_files:
         cfg = load_cfg(config_file, args.opts)
         if args.retrain or not os.path.isfile(os.path.join(cfg.OUTPUT_DIR, "model_final.pth")):
-            subprocess.run(
-                [sys.executable, os.path.join(TOOLS, "train_net.py"), "--config-file", config_file]
-                + args.opts,
-                check=True,
-            )
+            subprocess.run(train_command(config_file, args.opts, args.retrain), check=True)
         json_file = os.path.join(cfg.OUTPUT_DIR, "benchmark.json")
         evaluation = None if args.reevaluate else reusable_evaluation(json_file, cfg)
         if evaluation is None:
