@@ -33,6 +33,10 @@ def add_personsearch_config(cfg):
     _C.MODEL.REID = CN()
     # The re-ID head (REID_HEAD_REGISTRY): ROI feature maps -> embeddings (+ identity logits).
     _C.MODEL.REID.HEAD_NAME = "EmbeddingHead"
+    # Give the re-ID head its own res5 on the pooled ROI features instead of the box head's (DKD's
+    # separate detection and re-ID heads). It starts from res5's weights when the checkpoint has
+    # none (ImageNet, model zoo, a shared-head model) and only runs on foreground ROIs in training.
+    _C.MODEL.REID.SEPARATE_RES5 = False
     # Its losses (REID_LOSS_REGISTRY), summed: "OIMReIDLoss" (MODEL.OIM), "IdentityCrossEntropyLoss"
     # (MODEL.REID.ID_CE; gives the head a classifier), "TripletReIDLoss" (MODEL.REID.TRIPLET).
     _C.MODEL.REID.LOSSES = ["OIMReIDLoss"]

@@ -208,6 +208,16 @@ def test_dkd_student_trains_with_the_crop_teacher(tmp_path, tiny_sets):
         assert torch.equal(value, teacher_before[key]), key
     assert not any("DKDLoss" in k for k in model.state_dict())  # nothing trainable of its own
 
+    # With separate detection and re-ID heads the DKD terms train the re-ID head's own res5.
+    cfg.MODEL.REID.SEPARATE_RES5 = True
+    model = build_model(cfg).train()
+    with EventStorage():
+        losses = model(model_inputs(cfg, records))
+        (losses["loss_dkd_relation"] + losses["loss_dkd_triplet"]).backward()
+    assert model.roi_heads.reid_res5[0].conv1.weight.grad.abs().sum() > 0
+    assert model.roi_heads.res5[0].conv1.weight.grad is None
+
+    cfg.MODEL.REID.SEPARATE_RES5 = False
     cfg.MODEL.REID.LOSSES = ["OIMReIDLoss"]  # no identity probabilities in the student
     with pytest.raises(ValueError, match="needs identity probabilities from both networks"):
         build_model(cfg)

@@ -183,3 +183,56 @@ def test_mapper_rejects_bad_person_ids_naming_file_and_field(tmp_path, person_id
         record["annotations"][1]["person_id"] = person_id
     with pytest.raises(ValueError, match=rf"synthetic_4.png: annotation 1 has {message}"):
         model_inputs(cfg, [record])
+
+
+def test_separate_reid_res5_carries_the_reid_losses_only():
+    set_seed(0)
+    cfg = tiny_cfg(18, **{"MODEL.REID.SEPARATE_RES5": True})
+    head, images, features, proposals, targets = _head_and_inputs(cfg)
+    # A non-empty LUT: with the initial all-zero one the OIM gradient is exactly zero.
+    head.oim_loss.lut.copy_(torch.nn.functional.normalize(torch.randn_like(head.oim_loss.lut)))
+    head.train()
+    with EventStorage():
+        _, losses = head(images, features, proposals, targets)
+    # The box losses never reach the re-ID res5; the re-ID loss reaches it but not the box res5.
+    (losses["loss_cls"] + losses["loss_box_reg"]).backward(retain_graph=True)
+    assert all(p.grad is None for p in head.reid_res5.parameters())
+    box_grads = [p.grad.clone() for p in head.res5.parameters()]
+    losses["loss_oim"].backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in head.reid_res5.parameters())
+    assert all(torch.equal(p.grad, g) for p, g in zip(head.res5.parameters(), box_grads))
+
+    # In inference the detections come from res5 and the embeddings from reid_res5 alone.
+    head.eval()
+    with torch.no_grad():
+        before, _ = head(images, features, proposals)
+        for p in head.reid_res5.parameters():
+            p.add_(0.5)
+        after, _ = head(images, features, proposals)
+    for a, b in zip(before, after):
+        assert torch.equal(a.pred_boxes.tensor, b.pred_boxes.tensor)
+        assert torch.equal(a.scores, b.scores)
+        assert not torch.allclose(a.reid_feats, b.reid_feats)
+
+
+def test_separate_reid_res5_starts_from_a_checkpoints_res5():
+    # A shared-head model's weights (as ImageNet or model-zoo weights: no reid_res5) load into a
+    # separate-head model with nothing missing; reid_res5 is a copy of res5, then trains alone.
+    shared = build_model(tiny_cfg(18))
+    separate = build_model(tiny_cfg(18, **{"MODEL.REID.SEPARATE_RES5": True}))
+    result = separate.load_state_dict(shared.state_dict(), strict=False)
+    assert result.missing_keys == [] and result.unexpected_keys == []
+    res5, reid_res5 = separate.roi_heads.res5.state_dict(), separate.roi_heads.reid_res5.state_dict()
+    assert res5.keys() == reid_res5.keys()
+    assert all(torch.equal(res5[k], reid_res5[k]) for k in res5)
+    assert all(torch.equal(res5[k], shared.roi_heads.res5.state_dict()[k]) for k in res5)
+    assert reid_res5["0.conv1.weight"].data_ptr() != res5["0.conv1.weight"].data_ptr()
+    # Its own checkpoint keeps its own reid_res5.
+    with torch.no_grad():
+        for p in separate.roi_heads.reid_res5.parameters():
+            p.mul_(2.0)
+    again = build_model(tiny_cfg(18, **{"MODEL.REID.SEPARATE_RES5": True}))
+    again.load_state_dict(separate.state_dict())
+    assert torch.equal(
+        again.roi_heads.reid_res5[0].conv1.weight, separate.roi_heads.reid_res5[0].conv1.weight
+    )

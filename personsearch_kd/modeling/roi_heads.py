@@ -64,8 +64,9 @@ class OIMROIHeads(Res5ROIHeads):
     """
     C4 ROI heads of person search: the res5 box head of :class:`Res5ROIHeads` (built from
     BasicBlocks for ResNet-18/34) and a re-ID head (MODEL.REID.HEAD_NAME) on the same res5 ROI
-    features, trained on the foreground ROIs with the re-ID losses of MODEL.REID.LOSSES (OIM by
-    default).
+    features, or on those of its own res5 (MODEL.REID.SEPARATE_RES5: separate detection and re-ID
+    heads, as in DKD), trained on the foreground ROIs with the re-ID losses of MODEL.REID.LOSSES
+    (OIM by default).
 
     Inference adds ``reid_feats`` (L2-normalised) to every predicted instance; they are computed
     on the final (regressed) boxes, exactly as for a query box given by the user.
@@ -73,15 +74,25 @@ class OIMROIHeads(Res5ROIHeads):
     """
 
     @configurable
-    def __init__(self, *, reid_head: nn.Module, reid_losses: List[nn.Module], **kwargs):
+    def __init__(
+        self,
+        *,
+        reid_head: nn.Module,
+        reid_losses: List[nn.Module],
+        reid_res5: Optional[nn.Module] = None,
+        **kwargs,
+    ):
         """
         Args:
             reid_head: maps (R, C, h, w) res5 ROI features to :class:`ReIDOutputs`.
+            reid_res5: the re-ID head's own res5 on the pooled ROI features; None shares the
+                box head's.
             reid_losses: re-ID loss modules (REID_LOSS_REGISTRY), each held as ``<name>_loss``
                 for its key ``loss_<name>`` (so checkpoints keep ``roi_heads.oim_loss.lut``).
             kwargs: arguments of :class:`Res5ROIHeads` (a mask head is not supported).
         """
         super().__init__(**kwargs)
+        self.reid_res5 = reid_res5
         if self.mask_on:
             raise ValueError("OIMROIHeads does not support masks: set MODEL.MASK_ON=False")
         self.reid_head = reid_head
@@ -98,6 +109,8 @@ class OIMROIHeads(Res5ROIHeads):
         ret = super().from_config(cfg, input_shape)
         ret["reid_head"] = build_reid_head(cfg, ret["res5"][-1].out_channels)
         ret["reid_losses"] = build_reid_losses(cfg)
+        if cfg.MODEL.REID.SEPARATE_RES5:
+            ret["reid_res5"] = cls._build_res5_block(cfg)[0]
         return ret
 
     @classmethod
@@ -109,6 +122,13 @@ class OIMROIHeads(Res5ROIHeads):
         for key in [k for k in state_dict if k.startswith(prefix + "embed_head.")]:
             renamed = prefix + "reid_head." + key[len(prefix + "embed_head.") :]
             state_dict[renamed] = state_dict.pop(key)
+        # A separate re-ID res5 starts from the box head's res5 where the checkpoint has none
+        # (ImageNet / model-zoo weights, a shared-head model), as res5 itself does.
+        if self.reid_res5 is not None and not any(
+            k.startswith(prefix + "reid_res5.") for k in state_dict
+        ):
+            for key in [k for k in state_dict if k.startswith(prefix + "res5.")]:
+                state_dict[prefix + "reid_" + key[len(prefix) :]] = state_dict[key].clone()
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def forward(
@@ -128,12 +148,13 @@ class OIMROIHeads(Res5ROIHeads):
         if not self.training:
             return super().forward(images, features, proposals)
         rois = self.label_and_sample_proposals(proposals, targets)
-        box_features = self._shared_roi_transform(
+        pooled = self.pooler(
             [features[f] for f in self.in_features], [x.proposal_boxes for x in rois]
         )
+        box_features = self.res5(pooled)
         predictions = self.box_predictor(box_features.mean(dim=[2, 3]))
         losses = self.box_predictor.losses(predictions, rois)
-        reid, pids = self._embed_foreground(box_features, rois)
+        reid, pids = self._embed_foreground(pooled, box_features, rois)
         losses.update(self._reid_losses(reid, pids, box_features))
         if record is not None:
             record.rois = rois
@@ -142,12 +163,16 @@ class OIMROIHeads(Res5ROIHeads):
         return [], losses
 
     def _embed_foreground(
-        self, box_features: torch.Tensor, rois: List[Instances]
+        self, pooled: torch.Tensor, box_features: torch.Tensor, rois: List[Instances]
     ) -> Tuple[Optional[ReIDOutputs], torch.Tensor]:
         """
         The re-ID outputs of the foreground ROIs and their person ids (F,); background never
         enters the re-ID losses. None with fewer than 2 foreground ROIs: BatchNorm cannot
         normalise a single sample in training.
+
+        Args:
+            pooled: (R, C, h, w) pooled res4 features of the sampled ROIs.
+            box_features: (R, C', h', w') the box head's res5 features of the same ROIs.
         """
         gt_classes = cat([r.gt_classes for r in rois])
         # An image without ground truth has only background ROIs and no gt_pids field.
@@ -160,7 +185,9 @@ class OIMROIHeads(Res5ROIHeads):
         foreground = gt_classes != self.num_classes
         if int(foreground.sum()) < 2:
             return None, pids[:0]
-        return self.reid_head(box_features[foreground]), pids[foreground]
+        if self.reid_res5 is None:
+            return self.reid_head(box_features[foreground]), pids[foreground]
+        return self.reid_head(self.reid_res5(pooled[foreground])), pids[foreground]
 
     def _reid_losses(
         self, reid: Optional[ReIDOutputs], pids: torch.Tensor, box_features: torch.Tensor
@@ -171,9 +198,10 @@ class OIMROIHeads(Res5ROIHeads):
             losses.update(getattr(self, name)(reid, pids))
         if reid is None:
             # Zeros that keep every re-ID parameter in the graph, as DDP requires.
-            zero = (
-                sum(p.sum() for p in self.reid_head.parameters()) * 0.0 + box_features.sum() * 0.0
-            )
+            reid_params = list(self.reid_head.parameters())
+            if self.reid_res5 is not None:
+                reid_params += list(self.reid_res5.parameters())
+            zero = sum(p.sum() for p in reid_params) * 0.0 + box_features.sum() * 0.0
             losses = {key: value + zero for key, value in losses.items()}
         return losses
 
@@ -182,8 +210,9 @@ class OIMROIHeads(Res5ROIHeads):
         Re-ID outputs of any boxes (network-input coordinates, one Boxes per image), in training
         (ground-truth or jittered boxes) as in inference; rows in image order.
         """
-        box_features = self._shared_roi_transform([features[f] for f in self.in_features], boxes)
-        return self.reid_head(box_features)
+        pooled = self.pooler([features[f] for f in self.in_features], boxes)
+        res5 = self.res5 if self.reid_res5 is None else self.reid_res5
+        return self.reid_head(res5(pooled))
 
     def forward_with_given_boxes(
         self, features: Dict[str, torch.Tensor], instances: List[Instances]
