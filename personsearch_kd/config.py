@@ -98,6 +98,10 @@ def add_personsearch_config(cfg):
     _C.INPUT.REID_CROP.SHIFT = 0.0
     # Probability of erasing a random rectangle of a training crop (random erasing).
     _C.INPUT.REID_CROP.ERASE_PROB = 0.5
+    # The rows of the box a crop shows: "holistic" (all), a partial view of factorized
+    # distillation, "Up1" (rows 0-1/2 of the box), "Mid1" (1/4-3/4), "Dn1" (1/2-1), "Up2"
+    # (0-3/7), "Mid2" (2/7-5/7), "Dn2" (4/7-1), or "TOP,BOTTOM" fractions of the box height.
+    _C.INPUT.REID_CROP.VIEW = "holistic"
     # Train on ground-truth person crops of DATASETS.TRAIN in identity-balanced P x K batches
     # (CropReIDNet) instead of scene images; evaluation then searches the ground-truth boxes.
     _C.DATALOADER.PERSON_CROPS = False
@@ -117,6 +121,14 @@ def add_personsearch_config(cfg):
     _C.MODEL.DKD.TRIPLET_WEIGHT = 1.0
     _C.MODEL.DKD.TRIPLET_MARGIN = 0.3
     _C.MODEL.DKD.FSA = True
+
+    _C.MODEL.FD = CN()
+    # FactorizedDistillLoss: the names (in MODEL.TEACHERS) of its CropReIDTeachers, one per
+    # partial view, and the weights of its map and feature terms, each divided among the teachers
+    # (not recovered from the paper: 1 each; 0 switches a term off).
+    _C.MODEL.FD.TEACHERS = []
+    _C.MODEL.FD.MAP_WEIGHT = 1.0
+    _C.MODEL.FD.FEATURE_WEIGHT = 1.0
 
     _C.TEST.PERSON_SEARCH = CN()
     # Gallery detections scoring below this are not searched (0.5 in the literature).

@@ -17,6 +17,7 @@ from detectron2.modeling import build_model  # noqa: E402
 from personsearch_kd import PersonSearchRCNN, add_personsearch_config  # noqa: E402
 from personsearch_kd.data.datasets.mot import load_mot_person_search  # noqa: E402
 from personsearch_kd.layers import save_lut_file  # noqa: E402
+from personsearch_kd.layers.crops import parse_view  # noqa: E402
 
 from helpers import CONFIGS, REPO_ROOT  # noqa: E402
 
@@ -30,6 +31,39 @@ def _cfg(path):
     return cfg
 
 
+def _stand_in_teacher_files(cfg, tmp_path):
+    """
+    Every teacher's file of ``cfg`` replaced by a stand-in: KD_reid's exported table by a random
+    one, a detector's or crop network's checkpoint by an untrained one of its own shipped config
+    (its OPTS applied). Returns the table, or None.
+    """
+    teacher_lut = None
+    for name, spec in cfg.MODEL.TEACHERS.items():
+        if spec.KIND == "LUTFileTeacher":
+            teacher_lut = torch.nn.functional.normalize(
+                torch.randn(cfg.MODEL.OIM.NUM_IDS, cfg.MODEL.OIM.EMBED_DIM), dim=1
+            )
+            spec.WEIGHTS = str(tmp_path / "lut.pth")
+            save_lut_file(
+                spec.WEIGHTS,
+                teacher_lut,
+                cfg.DATASETS.TRAIN,
+                range(cfg.MODEL.OIM.NUM_IDS),
+                "from_checkpoint",
+                "",
+                "teacher.pth",
+            )
+            continue
+        spec.CONFIG_FILE = os.path.join(REPO_ROOT, spec.CONFIG_FILE)
+        teacher_cfg = _cfg(spec.CONFIG_FILE)
+        teacher_cfg.merge_from_list(list(spec.get("OPTS", [])))
+        teacher_cfg.MODEL.DEVICE = "cpu"
+        assert teacher_cfg.TEST.PERSON_SEARCH.DETECTION_ONLY == (spec.KIND == "DetectorTeacher")
+        DetectionCheckpointer(build_model(teacher_cfg), save_dir=str(tmp_path)).save(name)
+        spec.WEIGHTS = str(tmp_path / f"{name}.pth")
+    return teacher_lut
+
+
 @pytest.mark.parametrize("path", YAML_CONFIGS, ids=lambda p: os.path.relpath(p, CONFIGS))
 def test_config_builds_a_person_search_model(path, tmp_path):
     cfg = _cfg(path)
@@ -39,53 +73,36 @@ def test_config_builds_a_person_search_model(path, tmp_path):
         model = build_model(cfg)
         assert type(model.roi_heads).__name__ == "PersonDetectorROIHeads"
         return
+    teacher_lut = _stand_in_teacher_files(cfg, tmp_path)
+    kinds = {spec.KIND for spec in cfg.MODEL.TEACHERS.values()}
+    model = build_model(cfg)
+    assert set(model.distillation_losses) == set(cfg.MODEL.DISTILLATION.LOSSES)
+    for name in cfg.MODEL.FD.TEACHERS:
+        # Factorized distillation: each partial teacher sees the view its OPTS name.
+        spec = cfg.MODEL.TEACHERS[name]
+        assert model.teachers[name].model.view == parse_view(
+            spec.OPTS[spec.OPTS.index("INPUT.REID_CROP.VIEW") + 1]
+        )
     if cfg.DATALOADER.PERSON_CROPS:
-        # A re-ID network on crops (DKD's teacher): a classifier over the training identities.
-        model = build_model(cfg)
+        # A re-ID network on crops (DKD's teacher, FD's students): a classifier over the
+        # training identities.
         assert type(model).__name__ == "CropReIDNet"
         assert model.reid_head.classifier.out_features == cfg.MODEL.OIM.NUM_IDS
         return
-    teacher_lut, kinds = None, {spec.KIND: name for name, spec in cfg.MODEL.TEACHERS.items()}
-    if "LUTFileTeacher" in kinds:
-        # KD_reid: the teacher's exported table stands in for the file the config names.
-        teacher_lut = torch.nn.functional.normalize(
-            torch.randn(cfg.MODEL.OIM.NUM_IDS, cfg.MODEL.OIM.EMBED_DIM), dim=1
-        )
-        spec = cfg.MODEL.TEACHERS[kinds["LUTFileTeacher"]]
-        spec.WEIGHTS = str(tmp_path / "lut.pth")
-        save_lut_file(
-            spec.WEIGHTS,
-            teacher_lut,
-            cfg.DATASETS.TRAIN,
-            range(cfg.MODEL.OIM.NUM_IDS),
-            "from_checkpoint",
-            "",
-            "teacher.pth",
-        )
-    for kind in ("DetectorTeacher", "CropReIDTeacher"):
-        if kind not in kinds:
-            continue
-        # KD_det, DKD: the named teacher config (a shipped one), with an untrained checkpoint.
-        spec = cfg.MODEL.TEACHERS[kinds[kind]]
-        spec.CONFIG_FILE = os.path.join(REPO_ROOT, spec.CONFIG_FILE)
-        teacher_cfg = _cfg(spec.CONFIG_FILE)
-        teacher_cfg.MODEL.DEVICE = "cpu"
-        assert teacher_cfg.TEST.PERSON_SEARCH.DETECTION_ONLY == (kind == "DetectorTeacher")
-        DetectionCheckpointer(build_model(teacher_cfg), save_dir=str(tmp_path)).save(kind)
-        spec.WEIGHTS = str(tmp_path / f"{kind}.pth")
-    model = build_model(cfg)
     assert isinstance(model, PersonSearchRCNN)
     oim = model.roi_heads.oim_loss
     assert oim.lut.shape == (cfg.MODEL.OIM.NUM_IDS, cfg.MODEL.OIM.EMBED_DIM)
     if teacher_lut is not None:
         assert torch.equal(oim.lut, teacher_lut) and oim.freeze_lut
         assert oim.weight == 0.1
-    if "CropReIDTeacher" in kinds:
-        assert set(model.distillation_losses) == {"DKDLoss"}
+    if "DKDLoss" in cfg.MODEL.DISTILLATION.LOSSES:
         assert model.roi_heads.reid_head.classifier is not None  # identity probabilities
     if "DetectorTeacher" in kinds:
-        teacher = model.teachers[kinds["DetectorTeacher"]]
-        assert type(teacher.model.roi_heads).__name__ == "PersonDetectorROIHeads"
+        assert all(
+            type(model.teachers[name].model.roi_heads).__name__ == "PersonDetectorROIHeads"
+            for name, spec in cfg.MODEL.TEACHERS.items()
+            if spec.KIND == "DetectorTeacher"
+        )
         assert set(model.distillation_losses) == {"HintLoss", "RPNDistillLoss", "RCNDistillLoss"}
         # From scratch the bounded L2 regression diverged without clipping (README, KD_det).
         assert cfg.SOLVER.CLIP_GRADIENTS.ENABLED and cfg.SOLVER.CLIP_GRADIENTS.CLIP_TYPE == "norm"

@@ -1,10 +1,18 @@
 # Copyright (c) personsearch_kd contributors. Licensed under the Apache License 2.0.
-"""Person crops (pure torch/numpy): ROIAlign crops and ISA boxes."""
+"""Person crops (pure torch/numpy): ROIAlign crops, ISA boxes and partial views."""
 
 import numpy as np
+import pytest
 import torch
 
-from personsearch_kd.layers.crops import crop_boxes, expand_box, isa_box
+from personsearch_kd.layers.crops import (
+    PARTIAL_VIEWS,
+    crop_boxes,
+    expand_box,
+    isa_box,
+    parse_view,
+    view_boxes,
+)
 
 
 def test_crop_of_a_box_the_crop_size_is_the_pixels_themselves():
@@ -40,3 +48,46 @@ def test_isa_boxes_stay_inside_the_expanded_box_and_the_image():
         assert (np.abs(relative * size) <= np.array([7.5, 10.0, 7.5, 10.0]) + 1e-9).all()
     unchanged, offsets = isa_box(box, alpha, 0.0, (128, 64), (200, 85), rng)
     assert unchanged.tolist() == box and not offsets.any()
+
+
+@pytest.mark.parametrize(
+    "view, rows",
+    # A box 56 rows high (4 x 14 and 7 x 8): each view's crop is exactly these rows of the box.
+    [
+        ("holistic", (0, 56)),
+        ("Up1", (0, 28)),
+        ("Mid1", (14, 42)),
+        ("Dn1", (28, 56)),
+        ("Up2", (0, 24)),
+        ("Mid2", (16, 40)),
+        ("Dn2", (32, 56)),
+        ("0.25,0.5", (14, 28)),
+    ],
+)
+def test_each_view_crops_exactly_its_rows_of_the_box(view, rows):
+    image = torch.arange(3 * 80 * 40, dtype=torch.float32).view(3, 80, 40)
+    box = torch.tensor([[5.0, 10.0, 25.0, 66.0]])
+    window = view_boxes(box, parse_view(view))
+    top, bottom = rows
+    assert window.tolist() == [[5.0, 10.0 + top, 25.0, 10.0 + bottom]]
+    (crop,) = crop_boxes(image, window, (bottom - top, 20))
+    assert torch.equal(crop, image[:, 10 + top : 10 + bottom, 5:25])
+
+
+def test_views_of_a_box_at_the_image_border_pad_outside_with_zeros():
+    # A box leaving the image at the bottom (rows 60-100 of an 80-row image): Up1 (rows 60-80) is
+    # all inside; Dn1 is rows 80-100, all outside, zeros beyond the row next to the border
+    # (ROIAlign repeats the edge pixel up to one pixel out).
+    image = torch.ones(1, 80, 40)
+    box = torch.tensor([[0.0, 60.0, 40.0, 100.0]])
+    (up,) = crop_boxes(image, view_boxes(box, parse_view("Up1")), (20, 40))
+    (down,) = crop_boxes(image, view_boxes(box, parse_view("Dn1")), (20, 40))
+    assert torch.equal(up, torch.ones(1, 20, 40))
+    assert torch.equal(down[:, 1:], torch.zeros(1, 19, 40))
+
+
+@pytest.mark.parametrize("view", ["Up3", "0.5,0.25", "0.5", "-0.1,0.5", "top,bottom"])
+def test_bad_views_name_the_key_and_what_was_expected(view):
+    with pytest.raises(ValueError, match=r"INPUT.REID_CROP.VIEW=.*expected 'holistic', one of"):
+        parse_view(view)
+    assert len(PARTIAL_VIEWS) == 6

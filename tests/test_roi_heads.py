@@ -222,7 +222,8 @@ def test_separate_reid_res5_starts_from_a_checkpoints_res5():
     separate = build_model(tiny_cfg(18, **{"MODEL.REID.SEPARATE_RES5": True}))
     result = separate.load_state_dict(shared.state_dict(), strict=False)
     assert result.missing_keys == [] and result.unexpected_keys == []
-    res5, reid_res5 = separate.roi_heads.res5.state_dict(), separate.roi_heads.reid_res5.state_dict()
+    res5 = separate.roi_heads.res5.state_dict()
+    reid_res5 = separate.roi_heads.reid_res5.state_dict()
     assert res5.keys() == reid_res5.keys()
     assert all(torch.equal(res5[k], reid_res5[k]) for k in res5)
     assert all(torch.equal(res5[k], shared.roi_heads.res5.state_dict()[k]) for k in res5)

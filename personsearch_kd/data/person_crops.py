@@ -18,7 +18,7 @@ from detectron2.data import detection_utils as utils
 from detectron2.structures import BoxMode
 from detectron2.utils import comm
 
-from ..layers.crops import crop_boxes, isa_box
+from ..layers.crops import crop_boxes, isa_box, parse_view, view_boxes
 
 __all__ = [
     "person_crop_dicts",
@@ -98,15 +98,26 @@ class IdentityBalancedSampler(Sampler):
 class PersonCropMapper:
     """
     A crop sample -> ``{"image": (3, H, W) float 0-255 in INPUT.FORMAT, "person_id": int}``: the
-    box with ISA jitter (INPUT.REID_CROP.EXPAND alpha, SHIFT Delta_p) cut at INPUT.REID_CROP.SIZE
-    by :func:`crop_boxes` (as at inference), flipped with probability 1/2, and a random rectangle
-    erased with probability INPUT.REID_CROP.ERASE_PROB (Zhong et al.'s random erasing).
+    box with ISA jitter (INPUT.REID_CROP.EXPAND alpha, SHIFT Delta_p), the rows of its view
+    (INPUT.REID_CROP.VIEW) cut at INPUT.REID_CROP.SIZE by :func:`crop_boxes` (as at inference),
+    flipped with probability 1/2, and a random rectangle erased with probability
+    INPUT.REID_CROP.ERASE_PROB (Zhong et al.'s random erasing).
     """
 
     @configurable
-    def __init__(self, *, image_format: str, size, alpha: float, shift: float, erase_prob: float):
+    def __init__(
+        self,
+        *,
+        image_format: str,
+        size,
+        alpha: float,
+        shift: float,
+        erase_prob: float,
+        view=(0.0, 1.0),
+    ):
         self.image_format = image_format
         self.size = tuple(size)
+        self.view = tuple(view)
         self.alpha = alpha
         self.shift = shift
         self.erase = RandomErasing(p=erase_prob, value=0) if erase_prob > 0 else None
@@ -120,6 +131,7 @@ class PersonCropMapper:
             "alpha": crop.EXPAND,
             "shift": crop.SHIFT,
             "erase_prob": crop.ERASE_PROB,
+            "view": parse_view(crop.VIEW),
         }
 
     def __call__(self, sample: Dict) -> Dict:
@@ -129,7 +141,7 @@ class PersonCropMapper:
         rng = np.random.RandomState(np.random.randint(2**31))
         box, _ = isa_box(sample["bbox"], self.alpha, self.shift, self.size, image.shape[:2], rng)
         tensor = torch.as_tensor(np.ascontiguousarray(image.transpose(2, 0, 1))).float()
-        crop = crop_boxes(tensor, torch.as_tensor(box[None]), self.size)[0]
+        crop = crop_boxes(tensor, view_boxes(torch.as_tensor(box[None]), self.view), self.size)[0]
         if rng.rand() < 0.5:
             crop = crop.flip(-1)
         if self.erase is not None:

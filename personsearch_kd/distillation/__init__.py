@@ -1,6 +1,7 @@
 # Copyright (c) personsearch_kd contributors. Licensed under the Apache License 2.0.
 # Teachers and distillation losses; importing this module registers the built-in ones.
 from .dkd import DKDLoss
+from .fd import FactorizedDistillLoss
 from .losses import (
     DISTILL_LOSS_REGISTRY,
     HintLoss,
@@ -22,6 +23,7 @@ __all__ = [
     "CropReIDTeacher",
     "DKDLoss",
     "DetectorTeacher",
+    "FactorizedDistillLoss",
     "HintLoss",
     "LUTFileTeacher",
     "RCNDistillLoss",

@@ -21,11 +21,10 @@ from detectron2.structures import Boxes, ImageList
 from detectron2.utils.registry import Registry
 
 from ..config import add_personsearch_config
-from ..layers.crops import crop_boxes
 from ..layers.lut_file import check_lut_file, load_lut_file
 from ..modeling.crop_reid import CropReIDNet
 from ..modeling.predictions import box_head_predictions, rpn_predictions
-from ..modeling.record import StudentRecord
+from ..modeling.record import CropRecord, StudentRecord
 from ..modeling.reid_head import ReIDOutputs
 
 __all__ = [
@@ -154,9 +153,9 @@ class CropReIDTeacher(_ImageTeacher):
     """
     A frozen re-ID network on person crops (DKD's external re-ID model), a :class:`CropReIDNet`
     built from its own CONFIG_FILE and WEIGHTS. Each step it embeds the student's ground-truth
-    boxes, cut from the student's input images at its crop size exactly as it was trained
-    (:func:`crop_boxes`); ``outputs(record).embed(boxes)`` embeds other boxes of those images
-    (jittered ones).
+    boxes, cut from the student's input images exactly as it was trained (:meth:`CropReIDNet.cut`:
+    its view of each box at its crop size); ``outputs(record).embed(boxes)`` embeds other boxes of
+    those images (jittered ones).
     """
 
     @configurable
@@ -179,7 +178,8 @@ class CropReIDTeacherOutputs:
     """
     A crop re-ID teacher's outputs for one student step, without gradients: ``ground_truth`` is
     its :class:`ReIDOutputs` of every ground-truth box of the batch, in image order (the order of
-    ``cat([gt.gt_boxes for gt in record.gt_instances])``), computed on first use.
+    ``cat([gt.gt_boxes for gt in record.gt_instances])``), computed on first use; for a student
+    on crops (a :class:`CropRecord`), of the student's crops, one row each, cut to its own view.
     """
 
     def __init__(self, teacher: CropReIDTeacher, record: StudentRecord):
@@ -195,16 +195,29 @@ class CropReIDTeacherOutputs:
         """
         model = self.teacher.model
         crops = [
-            crop_boxes(
-                self.teacher.teacher_image(x["image"]).float().to(b.device), b, model.crop_size
-            )
+            model.cut(self.teacher.teacher_image(x["image"]).float().to(b.device), b)
             for x, b in zip(self.record.batched_inputs, boxes)
         ]
         with torch.no_grad():
             return model.embed(torch.cat(crops))
 
+    def embed_crops(self, crops: torch.Tensor) -> ReIDOutputs:
+        """
+        Args:
+            crops: (N, 3, H, W) whole-person crops of the student, in its INPUT.FORMAT.
+        Returns:
+            the teacher's outputs on its view of each (the top half for "Up1"), N rows.
+        """
+        model = self.teacher.model
+        whole = crops.new_tensor([[0.0, 0.0, crops.shape[-1], crops.shape[-2]]])
+        views = [model.cut(self.teacher.teacher_image(crop), whole) for crop in crops]
+        with torch.no_grad():
+            return model.embed(torch.cat(views))
+
     @cached_property
     def ground_truth(self) -> ReIDOutputs:
+        if isinstance(self.record, CropRecord):
+            return self.embed_crops(self.record.crops)
         return self.embed([gt.gt_boxes.tensor for gt in self.record.gt_instances])
 
 

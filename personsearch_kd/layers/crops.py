@@ -1,8 +1,9 @@
 # Copyright (c) personsearch_kd contributors. Licensed under the Apache License 2.0.
 """
 Person crops for re-ID networks that see crops, not scenes (the DKD teacher): cutting boxes out
-of an image at a fixed size, and the image-level spatial augmentation (ISA) of Zhang et al.,
-"Diverse Knowledge Distillation for End-to-End Person Search", AAAI 2021.
+of an image at a fixed size, the image-level spatial augmentation (ISA) of Zhang et al.,
+"Diverse Knowledge Distillation for End-to-End Person Search", AAAI 2021, and the partial views
+(horizontal stripes of the box) of Ren & Li, "Factorized Distillation", arXiv 1811.08073.
 
 Pure torch/numpy (torchvision's roi_align): no detectron2 import.
 """
@@ -13,7 +14,58 @@ import numpy as np
 import torch
 from torchvision.ops import roi_align
 
-__all__ = ["crop_boxes", "expand_box", "isa_box"]
+__all__ = ["PARTIAL_VIEWS", "crop_boxes", "expand_box", "isa_box", "parse_view", "view_boxes"]
+
+# The six partial views of Factorized Distillation (its Fig. 1), as (top, bottom) fractions of the
+# box height. The figure's "Up1 (1/4-2/4)" is read as stripes 1-2 of 4 (1-based), i.e. rows 0-1/2:
+# overlapping, roughly square windows, which fits their square 224 x 224 resize; the literal
+# reading would drop the head from every view.
+PARTIAL_VIEWS = {
+    "Up1": (0.0, 2 / 4),
+    "Mid1": (1 / 4, 3 / 4),
+    "Dn1": (2 / 4, 1.0),
+    "Up2": (0.0, 3 / 7),
+    "Mid2": (2 / 7, 5 / 7),
+    "Dn2": (4 / 7, 1.0),
+}
+
+
+def parse_view(view: str, key: str = "INPUT.REID_CROP.VIEW") -> Tuple[float, float]:
+    """
+    The (top, bottom) fractions of the box height that a view shows: "holistic" (0, 1), a name of
+    :data:`PARTIAL_VIEWS`, or "TOP,BOTTOM" fractions with 0 <= TOP < BOTTOM <= 1.
+    """
+    if view == "holistic":
+        return 0.0, 1.0
+    if view in PARTIAL_VIEWS:
+        return PARTIAL_VIEWS[view]
+    try:
+        top, bottom = (float(v) for v in view.split(","))
+    except ValueError:
+        top = bottom = None
+    if top is None or not 0.0 <= top < bottom <= 1.0:
+        raise ValueError(
+            f"{key}={view!r}: expected 'holistic', one of {sorted(PARTIAL_VIEWS)} or 'TOP,BOTTOM' "
+            "fractions of the box height with 0 <= TOP < BOTTOM <= 1"
+        )
+    return top, bottom
+
+
+def view_boxes(boxes: torch.Tensor, view: Tuple[float, float]) -> torch.Tensor:
+    """
+    The rows of each box that a view shows (full width).
+
+    Args:
+        boxes: (K, 4) XYXY boxes.
+        view: (top, bottom) fractions of the box height.
+    Returns:
+        (K, 4) boxes ``(x0, y0 + top h, x1, y0 + bottom h)``.
+    """
+    top, bottom = view
+    height = boxes[:, 3] - boxes[:, 1]
+    return torch.stack(
+        [boxes[:, 0], boxes[:, 1] + top * height, boxes[:, 2], boxes[:, 1] + bottom * height], dim=1
+    )
 
 
 def crop_boxes(image: torch.Tensor, boxes: torch.Tensor, size: Sequence[int]) -> torch.Tensor:

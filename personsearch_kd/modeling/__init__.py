@@ -2,7 +2,7 @@
 # Importing this module registers the meta-architecture, the ROI heads, the re-ID head and losses.
 from .crop_reid import CropReIDNet
 from .meta_arch import PersonSearchRCNN
-from .record import StudentRecord
+from .record import CropRecord, StudentRecord
 from .reid_head import REID_HEAD_REGISTRY, EmbeddingHead, ReIDOutputs
 from .reid_losses import (
     REID_LOSS_REGISTRY,

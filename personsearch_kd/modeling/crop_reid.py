@@ -1,7 +1,7 @@
 # Copyright (c) personsearch_kd contributors. Licensed under the Apache License 2.0.
 """A re-ID network on person crops: the external re-ID model of DKD, and a two-step re-ID stage."""
 
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 import torch
 from torch import nn
@@ -10,27 +10,34 @@ from detectron2.config import configurable
 from detectron2.modeling import META_ARCH_REGISTRY, build_backbone
 from detectron2.structures import Boxes, Instances
 
-from ..layers.crops import crop_boxes
+from ..layers.crops import crop_boxes, parse_view, view_boxes
+from .record import CropRecord
 from .reid_head import ReIDOutputs, build_reid_head
 from .reid_losses import build_reid_losses
+from .student import DistillationStudent
 
 __all__ = ["CropReIDNet"]
 
 
 @META_ARCH_REGISTRY.register()
-class CropReIDNet(nn.Module):
+class CropReIDNet(DistillationStudent):
     """
-    A ResNet on person crops (INPUT.REID_CROP.SIZE, 256 x 128 by default) -> the re-ID head
+    A ResNet on person crops (INPUT.REID_CROP.SIZE, 256 x 128 by default; of the rows of the box
+    that INPUT.REID_CROP.VIEW shows, the whole box by default) -> the re-ID head
     (MODEL.REID.HEAD_NAME; the EmbeddingHead's BatchNorm before its classifier is the BNNeck of
     re-ID baselines) trained with MODEL.REID.LOSSES (identity cross-entropy with label smoothing
     and batch-hard triplet in the shipped configs) on P x K batches of ground-truth crops
     (DATALOADER.PERSON_CROPS: :func:`build_person_crop_train_loader`).
 
-    Inference embeds boxes of whole images, cut by :func:`crop_boxes` exactly as the training
-    crops were: an input with ``query_boxes`` (K, 4), the query mode of
+    Inference embeds boxes of whole images, cut by :meth:`cut` exactly as the training crops
+    were: an input with ``query_boxes`` (K, 4), the query mode of
     :class:`PersonSearchRCNN`, or with ``boxes`` (K, 4), gallery boxes given by a detector or the
     ground truth, both XYXY in original-image coordinates, gives ``{"instances": Instances}`` of
     those boxes with ``scores`` 1 and ``reid_feats`` (K, D).
+
+    It can learn from teachers too (MODEL.TEACHERS, MODEL.DISTILLATION.LOSSES, held as
+    :class:`DistillationStudent` says): its training forward records the crops and its outputs in
+    a :class:`CropRecord` (factorized distillation from partial-view crop teachers).
     """
 
     @configurable
@@ -45,7 +52,16 @@ class CropReIDNet(nn.Module):
         pixel_std,
         input_format: str,
         crop_size,
+        view=(0.0, 1.0),
+        teachers: Optional[Dict[str, nn.Module]] = None,
+        distillation_losses: Optional[Dict[str, nn.Module]] = None,
     ):
+        """
+        Args:
+            crop_size: (H, W) of the crops.
+            view: (top, bottom) fractions of the box height that the crops show.
+            teachers, distillation_losses: as for :class:`PersonSearchRCNN`; none by default.
+        """
         super().__init__()
         self.backbone = backbone
         self.in_feature = in_feature
@@ -55,12 +71,17 @@ class CropReIDNet(nn.Module):
         self.register_buffer("pixel_std", torch.tensor(pixel_std).view(-1, 1, 1), False)
         self.input_format = input_format
         self.crop_size = tuple(crop_size)
+        self.view = tuple(view)
+        self._init_distillation(teachers, distillation_losses)
 
     @classmethod
     def from_config(cls, cfg):
+        # Imported here: the teachers module imports this one (a crop net is a teacher kind).
+        from ..distillation import build_distillation_losses, build_teachers
+
         backbone = build_backbone(cfg)
         in_feature = cfg.MODEL.RESNETS.OUT_FEATURES[-1]
-        return {
+        ret = {
             "backbone": backbone,
             "in_feature": in_feature,
             "reid_head": build_reid_head(cfg, backbone.output_shape()[in_feature].channels),
@@ -69,11 +90,27 @@ class CropReIDNet(nn.Module):
             "pixel_std": cfg.MODEL.PIXEL_STD,
             "input_format": cfg.INPUT.FORMAT,
             "crop_size": cfg.INPUT.REID_CROP.SIZE,
+            "view": parse_view(cfg.INPUT.REID_CROP.VIEW),
         }
+        ret["teachers"] = build_teachers(cfg)
+        ret["distillation_losses"] = build_distillation_losses(cfg, ret, ret["teachers"])
+        return ret
 
     @property
     def device(self) -> torch.device:
         return self.pixel_mean.device
+
+    def cut(self, image: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
+        """
+        This network's crops of boxes: the rows of its view, resized to its crop size.
+
+        Args:
+            image: (3, H, W) image, 0-255.
+            boxes: (K, 4) XYXY boxes in the image's pixels.
+        Returns:
+            (K, 3, crop H, crop W) crops.
+        """
+        return crop_boxes(image, view_boxes(boxes, self.view), self.crop_size)
 
     def embed(self, crops: torch.Tensor) -> ReIDOutputs:
         """
@@ -97,7 +134,7 @@ class CropReIDNet(nn.Module):
             losses = {}
             for loss in self.reid_losses:
                 losses.update(loss(outputs, pids))
-            return losses
+            return self._distill(CropRecord(crops.to(self.device), pids, outputs), losses)
         return [self._embed_given_boxes(x) for x in batched_inputs]
 
     def _embed_given_boxes(self, inputs: Dict) -> Dict:
@@ -114,7 +151,7 @@ class CropReIDNet(nn.Module):
         # Original-image -> network-input coordinates (the test-time resize, if any).
         scale = boxes.new_tensor([image.shape[2] / width, image.shape[1] / height] * 2)
         with torch.no_grad():
-            crops = crop_boxes(image, (boxes * scale).to(self.device), self.crop_size)
+            crops = self.cut(image, (boxes * scale).to(self.device))
             feats = self.embed(crops).embeddings
         result = Instances((height, width))
         result.pred_boxes = Boxes(boxes.to(self.device))

@@ -12,12 +12,13 @@ from detectron2.structures import Boxes, Instances
 from ..distillation import build_distillation_losses, build_teachers
 from .predictions import rpn_predictions
 from .record import StudentRecord
+from .student import DistillationStudent
 
 __all__ = ["PersonSearchRCNN"]
 
 
 @META_ARCH_REGISTRY.register()
-class PersonSearchRCNN(GeneralizedRCNN):
+class PersonSearchRCNN(DistillationStudent, GeneralizedRCNN):
     """
     A :class:`GeneralizedRCNN` for end-to-end person search. With :class:`OIMROIHeads` its
     detections carry ``reid_feats``; in addition it has a *query mode* that embeds boxes given by
@@ -33,11 +34,7 @@ class PersonSearchRCNN(GeneralizedRCNN):
 
     Distillation: the training forward records what the student computed in a
     :class:`StudentRecord`, and each distillation loss of MODEL.DISTILLATION.LOSSES reads it with
-    the outputs of the teachers of MODEL.TEACHERS. Teachers are held outside the module tree:
-    ``model.train()``, the optimizer, DDP and checkpoints never see them, so they stay frozen in
-    eval mode and the student's checkpoints hold no teacher keys; ``model.to()`` (any ``_apply``)
-    moves them with the student. Trainable parts of a distillation loss (the KD_det hint
-    adapter) are student modules under ``distillation_losses``, unused by inference.
+    the outputs of the teachers of MODEL.TEACHERS (held as :class:`DistillationStudent` says).
     """
 
     @configurable
@@ -56,11 +53,7 @@ class PersonSearchRCNN(GeneralizedRCNN):
             kwargs: arguments of :class:`GeneralizedRCNN`.
         """
         super().__init__(**kwargs)
-        # A plain dict hides the teachers from nn.Module's registration.
-        self._teachers = dict(teachers or {})
-        self.distillation_losses = nn.ModuleDict(distillation_losses or {})
-        for teacher in self._teachers.values():
-            teacher.prepare_student(self)
+        self._init_distillation(teachers, distillation_losses)
 
     @classmethod
     def from_config(cls, cfg):
@@ -69,16 +62,6 @@ class PersonSearchRCNN(GeneralizedRCNN):
         ret["teachers"] = teachers
         ret["distillation_losses"] = build_distillation_losses(cfg, ret, teachers)
         return ret
-
-    @property
-    def teachers(self) -> Dict[str, nn.Module]:
-        return dict(self._teachers)
-
-    def _apply(self, fn, *args, **kwargs):
-        super()._apply(fn, *args, **kwargs)
-        for teacher in self._teachers.values():
-            teacher._apply(fn, *args, **kwargs)
-        return self
 
     def forward(self, batched_inputs: List[Dict[str, torch.Tensor]]):
         """
@@ -108,13 +91,7 @@ class PersonSearchRCNN(GeneralizedRCNN):
             images, record.features, record.proposals, record.gt_instances, record=record
         )
         losses.update(detector_losses)
-        teacher_outputs = {
-            name: teacher.outputs(record) for name, teacher in self._teachers.items()
-        }
-        for loss in self.distillation_losses.values():
-            # A distillation loss may replace a student term (KD_det weighs its hard CE by mu).
-            losses.update(loss(record, teacher_outputs, losses))
-        return losses
+        return self._distill(record, losses)
 
     def _rpn_losses(self, record: StudentRecord) -> Dict[str, torch.Tensor]:
         """

@@ -10,7 +10,7 @@ from detectron2.structures import Boxes, ImageList, Instances
 
 from .reid_head import ReIDOutputs
 
-__all__ = ["StudentRecord"]
+__all__ = ["CropRecord", "StudentRecord"]
 
 
 @dataclass
@@ -54,3 +54,19 @@ class StudentRecord:
     box_deltas: Optional[torch.Tensor] = None
     reid: Optional[ReIDOutputs] = None
     reid_pids: Optional[torch.Tensor] = None
+
+
+@dataclass
+class CropRecord:
+    """
+    Filled by :class:`CropReIDNet`'s training forward: N person crops.
+
+    Attributes:
+        crops: (N, 3, H, W) the crops the student saw (0-255, INPUT.FORMAT, augmented).
+        person_ids: (N,) their identities.
+        reid: the student's re-ID outputs on them.
+    """
+
+    crops: torch.Tensor
+    person_ids: torch.Tensor
+    reid: ReIDOutputs
