@@ -33,3 +33,28 @@ def pytest_terminal_summary(terminalreporter):
         f"detectron2 is not importable: {len(skipped)} test file(s) that need it were SKIPPED "
         "whole (install it from its repository, see README 'Install', to run them)"
     )
+
+
+@pytest.fixture
+def tiny_sets(tmp_path):
+    """
+    A train set and a test set (gallery + one query) of synthetic persons (helpers.PERSONS),
+    registered as ``<name>_train`` / ``<name>_test``; yields the name.
+    """
+    from detectron2.data import DatasetCatalog, MetadataCatalog
+    from helpers import PERSONS, synthetic_record
+
+    from personsearch_kd.data.datasets.records import query_record, set_metadata
+
+    name = f"crop_reid_{os.getpid()}_{tmp_path.name}"
+    train = [synthetic_record(tmp_path, 10 + i, p) for i, p in enumerate(PERSONS)]
+    gallery = [synthetic_record(tmp_path, 20 + i, p) for i, p in enumerate(PERSONS[:3])]
+    queries = [query_record(gallery[0], gallery[0]["annotations"][0]["bbox"], 0, 0)]
+    DatasetCatalog.register(f"{name}_train", lambda: train)
+    DatasetCatalog.register(f"{name}_test", lambda: gallery + queries)
+    for split in ("train", "test"):
+        set_metadata(f"{name}_{split}", ("all",))
+    yield name
+    for split in ("train", "test"):
+        DatasetCatalog.remove(f"{name}_{split}")
+        MetadataCatalog.remove(f"{name}_{split}")

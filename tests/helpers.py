@@ -22,6 +22,8 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = os.path.join(REPO_ROOT, "configs")
 
 NUM_IDS = 6
+# Persons of the synthetic images of the crop-network tests (the tiny_sets fixture), by image.
+PERSONS = [[0, 1, -1], [1, 0], [2, 0, 1], [2, 1]]
 
 
 def tiny_cfg(depth: int = 18, **overrides):

@@ -12,7 +12,7 @@ import torch  # noqa: E402
 
 from detectron2.checkpoint import DetectionCheckpointer  # noqa: E402
 from detectron2.config import get_cfg  # noqa: E402
-from detectron2.data import DatasetCatalog, MetadataCatalog, build_detection_test_loader  # noqa
+from detectron2.data import DatasetCatalog, build_detection_test_loader  # noqa: E402
 from detectron2.data.detection_utils import annotations_to_instances  # noqa: E402
 from detectron2.engine import default_argument_parser  # noqa: E402
 from detectron2.evaluation import inference_on_dataset  # noqa: E402
@@ -20,7 +20,7 @@ from detectron2.modeling import build_model  # noqa: E402
 from detectron2.utils.events import EventStorage  # noqa: E402
 
 from personsearch_kd import add_personsearch_config, add_teacher  # noqa: E402
-from personsearch_kd.data.datasets.records import query_record, set_metadata  # noqa: E402
+from personsearch_kd.data.datasets.records import query_record  # noqa: E402
 from personsearch_kd.data.person_crops import (  # noqa: E402
     IdentityBalancedSampler,
     PersonCropMapper,
@@ -31,9 +31,7 @@ from personsearch_kd.layers.lut_file import load_lut_file  # noqa: E402
 from personsearch_kd.modeling import StudentRecord  # noqa: E402
 
 from helpers import CONFIGS, det_teacher, load_tool, model_inputs, set_seed  # noqa: E402
-from helpers import synthetic_record, tiny_cfg  # noqa: E402
-
-PERSONS = [[0, 1, -1], [1, 0], [2, 0, 1], [2, 1]]
+from helpers import PERSONS, synthetic_record, tiny_cfg  # noqa: E402
 
 
 def _crop_cfg(**overrides):
@@ -51,23 +49,6 @@ def _crop_cfg(**overrides):
     for key, value in {**opts, **overrides}.items():
         cfg.merge_from_list([key, value])
     return cfg
-
-
-@pytest.fixture
-def tiny_sets(tmp_path):
-    """A train set and a test set (gallery + one query) of synthetic persons, registered."""
-    name = f"crop_reid_{os.getpid()}_{tmp_path.name}"
-    train = [synthetic_record(tmp_path, 10 + i, p) for i, p in enumerate(PERSONS)]
-    gallery = [synthetic_record(tmp_path, 20 + i, p) for i, p in enumerate(PERSONS[:3])]
-    queries = [query_record(gallery[0], gallery[0]["annotations"][0]["bbox"], 0, 0)]
-    DatasetCatalog.register(f"{name}_train", lambda: train)
-    DatasetCatalog.register(f"{name}_test", lambda: gallery + queries)
-    for split in ("train", "test"):
-        set_metadata(f"{name}_{split}", ("all",))
-    yield name
-    for split in ("train", "test"):
-        DatasetCatalog.remove(f"{name}_{split}")
-        MetadataCatalog.remove(f"{name}_{split}")
 
 
 def test_crops_sampler_and_mapper(tmp_path):

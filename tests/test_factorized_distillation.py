@@ -18,10 +18,11 @@ from detectron2.modeling import build_model  # noqa: E402
 from detectron2.utils.events import EventStorage  # noqa: E402
 
 from personsearch_kd import add_personsearch_config, add_teacher  # noqa: E402
+from personsearch_kd.evaluation import CropReIDEnsemble  # noqa: E402
 from personsearch_kd.layers import save_lut_file  # noqa: E402
 from personsearch_kd.modeling import CropRecord  # noqa: E402
 
-from helpers import CONFIGS, NUM_IDS, REPO_ROOT, model_inputs, set_seed  # noqa: E402
+from helpers import CONFIGS, NUM_IDS, REPO_ROOT, load_tool, model_inputs, set_seed  # noqa: E402
 from helpers import synthetic_record, tiny_cfg  # noqa: E402
 
 FD_KEYS = ("loss_fd_map_{}", "loss_fd_feature_{}")
@@ -177,3 +178,26 @@ def test_partial_teacher_and_fd_crop_student_train_on_the_sample(tmp_path):
     checkpoint = torch.load(tmp_path / "fd" / "model_final.pth", weights_only=False)["model"]
     assert "distillation_losses.FactorizedDistillLoss.map_adapters.dn2.weight" in checkpoint
     assert not any(".model." in k for k in checkpoint)  # no teacher weights
+
+
+def test_evaluate_teachers_rows_each_teacher_and_their_ensemble(tmp_path, tiny_sets):
+    cfg = _partial_teachers(_holistic_student_cfg(tmp_path), tmp_path, ["Up1", "Dn1"])
+    cfg.DATASETS.TEST = (f"{tiny_sets}_test",)
+    cfg.DATALOADER.NUM_WORKERS = 0
+    rows = load_tool("evaluate_teachers").evaluate(cfg)
+    assert [(r[1], r[2]) for r in rows] == [("up1", (0.0, 0.5)), ("dn1", (0.5, 1.0)),
+                                            ("ensemble", "all")]  # fmt: skip
+    assert all(0 < r[3] <= 100 and 0 <= r[4] <= 100 for r in rows)
+
+
+def test_the_ensemble_feature_is_the_mean_cosine_of_its_members(tmp_path):
+    cfg = _partial_teachers(_holistic_student_cfg(tmp_path), tmp_path, ["Up1", "Dn1"])
+    members = [t.model for t in build_model(cfg).teachers.values()]
+    ensemble = CropReIDEnsemble(members)
+    image = torch.rand(3, 96, 64) * 255
+    boxes = torch.tensor([[4.0, 4.0, 30.0, 90.0], [30.0, 10.0, 60.0, 80.0]])
+    feats = ensemble([{"image": image, "boxes": boxes}])[0]["instances"].reid_feats
+    alone = [m([{"image": image, "boxes": boxes}])[0]["instances"].reid_feats for m in members]
+    cosine = (feats[0] * feats[1]).sum()
+    mean_cosine = sum((f[0] * f[1]).sum() for f in alone) / 2
+    assert feats.shape == (2, 512) and cosine.item() == pytest.approx(mean_cosine.item(), abs=1e-5)

@@ -7,4 +7,4 @@ from .metrics import average_precision, box_iou, detection_metrics, search_metri
 if find_spec("detectron2") is not None:
     from .evaluator import PersonSearchEvaluator
     from .random_features import RandomFeatureEvaluator
-    from .two_step import GroundTruthBoxes, TwoStepSearch
+    from .two_step import CropReIDEnsemble, GroundTruthBoxes, TwoStepSearch

@@ -1,19 +1,20 @@
 # Copyright (c) personsearch_kd contributors. Licensed under the Apache License 2.0.
 """
-Two-step person search: a re-ID network on crops (:class:`CropReIDNet`) as the re-ID stage, on
-the boxes of a detector or on the ground-truth boxes, evaluated by :class:`PersonSearchEvaluator`
-exactly as an end-to-end model.
+Two-step person search: a re-ID network on crops (:class:`CropReIDNet`), or an ensemble of them,
+as the re-ID stage, on the boxes of a detector or on the ground-truth boxes, evaluated by
+:class:`PersonSearchEvaluator` exactly as an end-to-end model.
 """
 
 from typing import Callable, Dict, List
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from detectron2.data import detection_utils as utils
 from detectron2.structures import BoxMode
 
-__all__ = ["GroundTruthBoxes", "TwoStepSearch"]
+__all__ = ["CropReIDEnsemble", "GroundTruthBoxes", "TwoStepSearch"]
 
 
 class GroundTruthBoxes:
@@ -84,3 +85,32 @@ class TwoStepSearch(nn.Module):
             instances.reid_feats = embedded["instances"].reid_feats.to(instances.scores.device)
             outputs.append({"instances": instances})
         return outputs
+
+
+class CropReIDEnsemble(nn.Module):
+    """
+    A plain ensemble of crop re-ID networks (the partial-view teachers of factorized
+    distillation, its upper reference): each embeds the same given boxes (``query_boxes`` or
+    ``boxes``, see :class:`CropReIDNet`), and the feature is the concatenation of their
+    L2-normalised features divided by sqrt(K), so that its cosine similarity is the mean of theirs.
+    """
+
+    def __init__(self, members: List[nn.Module]):
+        """
+        Args:
+            members: K :class:`CropReIDNet` in eval mode, all with the same INPUT.FORMAT.
+        """
+        super().__init__()
+        formats = {m.input_format for m in members}
+        if len(formats) != 1:
+            raise ValueError(f"CropReIDEnsemble: members read different INPUT.FORMATs {formats}")
+        self.members = nn.ModuleList(members)
+        self.input_format = formats.pop()
+
+    def forward(self, batched_inputs: List[Dict]) -> List[Dict]:
+        outputs = [m(batched_inputs) for m in self.members]
+        scale = len(self.members) ** -0.5
+        for i, first in enumerate(outputs[0]):
+            feats = [F.normalize(out[i]["instances"].reid_feats, dim=1) for out in outputs]
+            first["instances"].reid_feats = torch.cat(feats, dim=1) * scale
+        return outputs[0]

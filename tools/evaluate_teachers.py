@@ -1,0 +1,70 @@
+#!/usr/bin/env python3
+# Copyright (c) personsearch_kd contributors. Licensed under the Apache License 2.0.
+"""
+Evaluate the crop re-ID teachers of a config (its MODEL.TEACHERS of kind CropReIDTeacher, e.g. the
+six partial-view teachers of a factorized-distillation config) on its DATASETS.TEST, searching the
+ground-truth boxes: one Markdown row per teacher alone and one for their plain ensemble
+(:class:`CropReIDEnsemble`, the upper reference of factorized distillation).
+
+    python tools/evaluate_teachers.py --config-file configs/mot15/fd_crop_R_18_cpu.yaml \
+        [KEY VALUE ...]
+"""
+
+import argparse
+
+from detectron2.config import get_cfg
+from detectron2.data import DatasetMapper, build_detection_test_loader
+from detectron2.evaluation import inference_on_dataset
+
+from personsearch_kd import add_personsearch_config
+from personsearch_kd.distillation import CropReIDTeacher, build_teachers
+from personsearch_kd.evaluation import CropReIDEnsemble, GroundTruthBoxes, PersonSearchEvaluator
+
+
+def evaluate(cfg):
+    """Rows (dataset, name, view, mAP, top-1) for each crop teacher and their ensemble."""
+    teachers = {n: t for n, t in build_teachers(cfg).items() if isinstance(t, CropReIDTeacher)}
+    if not teachers:
+        raise ValueError("MODEL.TEACHERS has no CropReIDTeacher to evaluate")
+    models = [(name, t.model) for name, t in teachers.items()]
+    if len(models) > 1:
+        ensemble = CropReIDEnsemble([m for _, m in models])
+        if ensemble.input_format != cfg.INPUT.FORMAT:
+            raise ValueError(
+                f"the teachers read {ensemble.input_format} images; set INPUT.FORMAT to it"
+            )
+        models.append(("ensemble", ensemble))
+    rows = []
+    for dataset in cfg.DATASETS.TEST:
+        loader = build_detection_test_loader(
+            cfg, dataset, mapper=GroundTruthBoxes(DatasetMapper(cfg, False))
+        )
+        for name, model in models:
+            evaluator = PersonSearchEvaluator(
+                dataset, cfg.TEST.PERSON_SEARCH.SEARCH_SCORE_THRESH, distributed=False
+            )
+            results = inference_on_dataset(model, loader, evaluator)["person_search"]
+            view = getattr(model, "view", "all")
+            rows.append((dataset, name, view, results["mAP"], results["top1"]))
+    return rows
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config-file", required=True, help="a config with crop teachers")
+    parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides")
+    args = parser.parse_args(argv)
+    cfg = get_cfg()
+    add_personsearch_config(cfg)
+    cfg.merge_from_file(args.config_file)
+    cfg.merge_from_list(args.opts)
+    rows = evaluate(cfg)
+    print("| dataset | teacher | view (top, bottom) | mAP | top-1 |")
+    print("|---|---|---|---|---|")
+    for dataset, name, view, search_map, top1 in rows:
+        print(f"| {dataset} | {name} | {view} | {search_map:.2f} | {top1:.2f} |")
+    return rows
+
+
+if __name__ == "__main__":
+    main()  # pragma: no cover
