@@ -106,6 +106,18 @@ def test_two_step_search_embeds_the_detector_boxes(tmp_path, tiny_sets):
     results = inference_on_dataset(model, loader, evaluator)["person_search"]
     assert 0 <= results["mAP"] <= 100 and 0 <= results["det_AP"] <= 100
 
+    # The same through the command-line tool, the DET config's test set replaced.
+    crop_config = tmp_path / "crop.yaml"
+    crop_config.write_text(crop_cfg.dump())
+    DetectionCheckpointer(crop_net, save_dir=str(tmp_path)).save("crop")
+    tool = load_tool("evaluate_two_step").main(
+        ["--detector-config", det_config, "--detector-weights", det_weights,
+         "--reid-config", str(crop_config), "--reid-weights", str(tmp_path / "crop.pth"),
+         "--dataset", dataset, "TEST.PERSON_SEARCH.SEARCH_SCORE_THRESH", "0.0"]
+    )  # fmt: skip
+    assert tool[dataset]["mAP"] == pytest.approx(results["mAP"])
+    assert tool[dataset]["det_AP"] == pytest.approx(results["det_AP"])
+
 
 def test_crop_teacher_is_frozen_outside_checkpoints_and_embeds_like_the_net(tmp_path, tiny_sets):
     _, crop_net, config_file, weights = _trained_crop_net(tmp_path)
