@@ -18,6 +18,7 @@ setup(
         "numpy",
         "opencv-python-headless",
         "scipy",
+        "faiss-cpu",  # the gallery index (personsearch_kd.search); the GPU build works too
     ],
     # scikit-learn: the reference average_precision_score the metric tests compare against.
     extras_require={"test": ["pytest", "scikit-learn"]},

@@ -1,0 +1,348 @@
+# Copyright (c) personsearch_kd contributors. Licensed under the Apache License 2.0.
+"""
+A persistent gallery index: every detection of every gallery image (or video frame) with its
+L2-normalised re-ID feature, box, detection score and source, searched by inner product (cosine)
+with faiss. Pure numpy + faiss: no detectron2 import.
+
+One directory holds it: ``index.faiss`` (faiss's own format), ``records.npz`` (the metadata as
+plain arrays, loaded without pickle), ``index.json`` (format version, feature size, index type,
+the model it was built with, the finished sources) and, while a trained index type has not seen
+enough boxes to be trained, ``pending.npy`` (those boxes' features).
+"""
+
+import json
+import math
+import os
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+__all__ = ["GalleryIndex", "GalleryIndexError"]
+
+FORMAT_VERSION = 1
+_FILES = ("index.json", "records.npz", "index.faiss")
+_SOURCE_FIELDS = ("path", "frame", "time", "camera")
+
+
+class GalleryIndexError(ValueError):
+    """A gallery index that cannot be used: corrupt, of another format, model or feature size."""
+
+
+def _faiss():
+    try:
+        import faiss
+    except ImportError as e:  # pragma: no cover - faiss-cpu is a dependency
+        raise ImportError("the gallery index needs faiss: pip install faiss-cpu") from e
+    return faiss
+
+
+class GalleryIndex:
+    """
+    Rows are detections; each belongs to one source (an image, or a frame of a video) whose path,
+    frame index, time and camera are stored once.
+
+    Args (constructor):
+        dim: D, the re-ID feature size.
+        model: what identifies the model that embeds gallery and queries (e.g.
+            :func:`personsearch_kd.search.model_fingerprint`: config and checkpoint digests);
+            queries of another model are refused.
+        factory: a faiss ``index_factory`` string, used with the inner-product metric: "Flat"
+            (exact, the default), "HNSW32" (graph), "IVF1024,Flat", "IVF1024,PQ32" (inverted
+            lists, product-quantised codes), ...
+        search_params: faiss ParameterSpace settings applied at search, e.g. "nprobe=32" (IVF)
+            or "efSearch=128" (HNSW); "" for faiss's defaults.
+        train_size: for index types that need training (IVF, PQ): rows buffered before the index
+            is trained on them; until then those rows are searched exactly.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        model: Dict[str, str],
+        factory: str = "Flat",
+        search_params: str = "",
+        train_size: int = 100_000,
+    ):
+        faiss = _faiss()
+        self.dim = int(dim)
+        self.model = dict(model)
+        self.factory = factory
+        self.search_params = search_params
+        self.train_size = int(train_size)
+        self.index = faiss.index_factory(self.dim, factory, faiss.METRIC_INNER_PRODUCT)
+        self._pending = np.zeros((0, self.dim), np.float32)
+        self._sources: Dict[str, list] = {k: [] for k in _SOURCE_FIELDS}
+        self._source_ids: Dict[Tuple[str, int], int] = {}
+        self._rows: Dict[str, List[np.ndarray]] = {"source": [], "box": [], "det_score": []}
+        self._cache: Optional[Dict[str, np.ndarray]] = None
+
+    def __len__(self) -> int:
+        return self.index.ntotal + len(self._pending)
+
+    @property
+    def num_sources(self) -> int:
+        return len(self._sources["path"])
+
+    def add(
+        self,
+        features: np.ndarray,
+        boxes: np.ndarray,
+        det_scores: np.ndarray,
+        path: str,
+        frame: int = -1,
+        time: float = math.nan,
+        camera: str = "",
+    ) -> None:
+        """
+        Add the detections of one gallery image or video frame (none is fine: the source is
+        still recorded as finished).
+
+        Args:
+            features: (N, D) L2-normalised re-ID features.
+            boxes: (N, 4) XYXY boxes in the source's pixels.
+            det_scores: (N,) detection scores.
+            path: the image file, or the video file.
+            frame, time: the frame index and its time in seconds in a video (-1, NaN for images).
+            camera: the camera id, "" when unknown.
+        """
+        features = np.ascontiguousarray(features, np.float32).reshape(-1, self.dim)
+        n = len(features)
+        if n and not np.allclose(np.linalg.norm(features, axis=1), 1.0, atol=1e-3):
+            raise ValueError(f"{path}: gallery features must be L2-normalised")
+        if self.has_source(path, frame):
+            raise ValueError(f"{path} (frame {frame}) is already in the index")
+        source = self.num_sources
+        self._source_ids[(path, int(frame))] = source
+        for key, value in zip(_SOURCE_FIELDS, (path, int(frame), float(time), camera)):
+            self._sources[key].append(value)
+        self._rows["source"].append(np.full(n, source, np.int64))
+        self._rows["box"].append(np.asarray(boxes, np.float32).reshape(n, 4))
+        self._rows["det_score"].append(np.asarray(det_scores, np.float32).reshape(n))
+        self._cache = None
+        if self.index.is_trained and len(self._pending) == 0:
+            self.index.add(features)
+            return
+        self._pending = np.concatenate([self._pending, features])
+        if len(self._pending) >= self.train_size:
+            self.index.train(self._pending)
+            self.index.add(self._pending)
+            self._pending = self._pending[:0]
+
+    def has_source(self, path: str, frame: int = -1) -> bool:
+        """Whether this image or frame is already in the index (to resume an indexing)."""
+        return (path, int(frame)) in self._source_ids
+
+    def arrays(self) -> Dict[str, np.ndarray]:
+        """
+        The metadata as arrays: per source ``path``, ``frame``, ``time``, ``camera``; per row
+        ``source`` (its source's index), ``box`` (4,), ``det_score``.
+        """
+        if self._cache is None:
+            self._cache = {
+                "path": np.array(self._sources["path"], dtype=str),
+                "frame": np.array(self._sources["frame"], dtype=np.int64),
+                "time": np.array(self._sources["time"], dtype=np.float64),
+                "camera": np.array(self._sources["camera"], dtype=str),
+            }
+            empty = {
+                "source": np.zeros(0, np.int64),
+                "box": np.zeros((0, 4), np.float32),
+                "det_score": np.zeros(0, np.float32),
+            }
+            for key, parts in self._rows.items():
+                self._cache[key] = np.concatenate(parts) if parts else empty[key]
+            self._rows = {k: [v] for k, v in self._cache.items() if k in self._rows}
+        return self._cache
+
+    def _raw_search(self, queries: np.ndarray, k: int) -> Tuple[np.ndarray, np.ndarray]:
+        """(Q, k) similarities and row ids, best first (-1 where fewer than k rows)."""
+        faiss = _faiss()
+        sims = np.full((len(queries), k), -np.inf, np.float32)
+        ids = np.full((len(queries), k), -1, np.int64)
+        if self.index.ntotal:
+            if self.search_params:
+                faiss.ParameterSpace().set_index_parameters(self.index, self.search_params)
+            found_sims, found_ids = self.index.search(queries, min(k, self.index.ntotal))
+            sims[:, : found_sims.shape[1]], ids[:, : found_ids.shape[1]] = found_sims, found_ids
+        if len(self._pending):  # not trained yet: the buffered rows, exactly
+            pending_sims = queries @ self._pending.T
+            pending_ids = np.arange(len(self._pending)) + self.index.ntotal
+            all_sims = np.concatenate([sims, pending_sims], axis=1)
+            all_ids = np.concatenate([ids, np.broadcast_to(pending_ids, pending_sims.shape)], 1)
+            order = np.argsort(-all_sims, axis=1, kind="stable")[:, :k]
+            sims = np.take_along_axis(all_sims, order, 1)
+            ids = np.take_along_axis(all_ids, order, 1)
+        ids[~np.isfinite(sims)] = -1
+        return sims, ids
+
+    def search(
+        self,
+        queries: np.ndarray,
+        model: Dict[str, str],
+        topk: int = 10,
+        per_image: bool = True,
+        cameras: Optional[Sequence[str]] = None,
+        time_range: Optional[Tuple[float, float]] = None,
+        paths: Optional[Sequence[str]] = None,
+    ) -> List[List[Dict]]:
+        """
+        Args:
+            queries: (Q, D) or (D,) L2-normalised query features.
+            model: the fingerprint of the model that embedded them; another model's is refused.
+            topk: matches per query.
+            per_image: at most one match per image or frame (its most similar detection).
+            cameras, time_range, paths: keep only matches of these cameras, of times in
+                [start, end] seconds, of these source files.
+        Returns:
+            per query, up to ``topk`` dicts {"score" (cosine), "path", "frame", "time",
+            "camera", "box", "det_score", "row"}, most similar first.
+        """
+        if dict(model) != self.model:
+            raise GalleryIndexError(
+                f"the queries were embedded by model {model}, the index by {self.model}: embed "
+                "them with the model the index was built with"
+            )
+        queries = np.ascontiguousarray(queries, np.float32).reshape(-1, self.dim)
+        records = self.arrays()
+        keep = np.ones(self.num_sources, bool)
+        if cameras is not None:
+            keep &= np.isin(records["camera"], list(cameras))
+        if time_range is not None:
+            keep &= (records["time"] >= time_range[0]) & (records["time"] <= time_range[1])
+        if paths is not None:
+            keep &= np.isin(records["path"], list(paths))
+        results = []
+        for query in queries:
+            # Fetch more than topk until enough rows survive the filters and de-duplication.
+            k, matches = min(len(self), max(4 * topk, 32)), []
+            while k > 0:
+                sims, ids = self._raw_search(query[None], k)
+                matches = self._matches(sims[0], ids[0], keep, records, per_image, topk)
+                if len(matches) >= topk or k >= len(self):
+                    break
+                k = min(len(self), 4 * k)
+            results.append(matches)
+        return results
+
+    @staticmethod
+    def _matches(sims, ids, keep, records, per_image: bool, topk: int) -> List[Dict]:
+        matches, seen = [], set()
+        for sim, row in zip(sims.tolist(), ids.tolist()):
+            if row < 0:
+                continue
+            source = int(records["source"][row])
+            if not keep[source] or (per_image and source in seen):
+                continue
+            seen.add(source)
+            matches.append(
+                {
+                    "score": sim,
+                    "path": str(records["path"][source]),
+                    "frame": int(records["frame"][source]),
+                    "time": float(records["time"][source]),
+                    "camera": str(records["camera"][source]),
+                    "box": records["box"][row].tolist(),
+                    "det_score": float(records["det_score"][row]),
+                    "row": row,
+                }
+            )
+            if len(matches) == topk:
+                break
+        return matches
+
+    def save(self, directory: str) -> None:
+        """Write the index to ``directory`` (created); each file is replaced atomically."""
+        faiss = _faiss()
+        os.makedirs(directory, exist_ok=True)
+        header = {
+            "format_version": FORMAT_VERSION,
+            "dim": self.dim,
+            "count": len(self),
+            "num_sources": self.num_sources,
+            "factory": self.factory,
+            "search_params": self.search_params,
+            "train_size": self.train_size,
+            "model": self.model,
+        }
+
+        def write_npz(f):
+            with open(f, "wb") as out:
+                np.savez(out, **self.arrays())
+
+        def write_npy(f):
+            with open(f, "wb") as out:
+                np.save(out, self._pending)
+
+        def write_json(f):
+            with open(f, "w") as out:
+                json.dump(header, out, indent=1)
+
+        writes = {
+            "index.faiss": lambda f: faiss.write_index(self.index, f),
+            "records.npz": write_npz,
+            "pending.npy": write_npy,
+            # Last: a directory whose header is in place holds consistent files.
+            "index.json": write_json,
+        }
+        for name, write in writes.items():
+            target = os.path.join(directory, name)
+            write(target + ".tmp")
+            os.replace(target + ".tmp", target)
+
+    @classmethod
+    def load(cls, directory: str, model: Optional[Dict[str, str]] = None) -> "GalleryIndex":
+        """
+        Read an index written by :meth:`save`. ``model``, when given, must be the index's model.
+        Fails with :class:`GalleryIndexError` naming the file on a missing, corrupt or
+        mismatched part.
+        """
+        faiss = _faiss()
+        for name in _FILES:
+            if not os.path.isfile(os.path.join(directory, name)):
+                raise GalleryIndexError(
+                    f"{os.path.join(directory, name)}: missing; not a gallery index"
+                )
+        header_file = os.path.join(directory, "index.json")
+        try:
+            with open(header_file) as f:
+                header = json.load(f)
+            dim, count = int(header["dim"]), int(header["count"])
+            version, num_sources = header["format_version"], int(header["num_sources"])
+        except (ValueError, KeyError, TypeError) as e:
+            raise GalleryIndexError(f"{header_file}: not a gallery index header ({e})") from e
+        if version != FORMAT_VERSION:
+            raise GalleryIndexError(
+                f"{header_file}: format_version {version}, expected {FORMAT_VERSION}"
+            )
+        if model is not None and dict(model) != header["model"]:
+            raise GalleryIndexError(
+                f"{header_file}: built with model {header['model']}, not the given {model}"
+            )
+        index = cls(dim, header["model"], header["factory"], header["search_params"])
+        index.train_size = int(header["train_size"])
+        try:
+            index.index = faiss.read_index(os.path.join(directory, "index.faiss"))
+            with np.load(os.path.join(directory, "records.npz"), allow_pickle=False) as arrays:
+                records = {k: arrays[k] for k in arrays.files}
+            pending_file = os.path.join(directory, "pending.npy")
+            if os.path.isfile(pending_file):
+                index._pending = np.load(pending_file, allow_pickle=False).astype(np.float32)
+        except (RuntimeError, ValueError, OSError, KeyError) as e:
+            raise GalleryIndexError(f"{directory}: corrupt gallery index ({e})") from e
+        expected = {**{k: num_sources for k in _SOURCE_FIELDS}, "source": count, "box": count}
+        expected["det_score"] = count
+        sizes = {k: len(v) for k, v in records.items()}
+        faiss_rows = index.index.ntotal + len(index._pending)
+        if index.index.d != dim or sizes != expected or faiss_rows != count:
+            raise GalleryIndexError(
+                f"{directory}: inconsistent gallery index: header dim {dim}, {count} rows of "
+                f"{num_sources} sources; faiss dim {index.index.d}, {faiss_rows} rows (with "
+                f"pending); records {sizes}"
+            )
+        for key in _SOURCE_FIELDS:
+            index._sources[key] = records[key].tolist()
+        index._source_ids = {
+            (str(p), int(f)): i for i, (p, f) in enumerate(zip(records["path"], records["frame"]))
+        }
+        index._rows = {k: [records[k]] for k in ("source", "box", "det_score")}
+        return index

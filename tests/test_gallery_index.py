@@ -1,0 +1,169 @@
+# Copyright (c) personsearch_kd contributors. Licensed under the Apache License 2.0.
+"""The gallery index (numpy + faiss, no detectron2): search, filters, persistence, refusals."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from personsearch_kd.search import GalleryIndex, GalleryIndexError
+
+MODEL = {"config_sha1": "abc", "weights_sha1": "def"}
+DIM = 16
+
+
+def _unit(rng, n):
+    x = rng.standard_normal((n, DIM)).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def _gallery(rng, sources=20, per_source=3):
+    """(source name, camera, time, features, boxes, scores) of a synthetic gallery."""
+    gallery = []
+    for i in range(sources):
+        feats = _unit(rng, per_source)
+        boxes = rng.uniform(0, 100, (per_source, 4)).astype(np.float32)
+        gallery.append((f"img_{i:03d}.jpg", f"cam{i % 2}", float(i), feats, boxes,
+                        rng.uniform(0.5, 1, per_source)))  # fmt: skip
+    return gallery
+
+
+def _filled(gallery, **kwargs):
+    index = GalleryIndex(DIM, MODEL, **kwargs)
+    for path, camera, time, feats, boxes, scores in gallery:
+        index.add(feats, boxes, scores, path, time=time, camera=camera)
+    return index
+
+
+def test_exact_search_equals_a_numpy_brute_force():
+    rng = np.random.default_rng(0)
+    gallery = _gallery(rng)
+    index = _filled(gallery)
+    all_feats = np.concatenate([g[3] for g in gallery])
+    queries = _unit(rng, 5)
+    results = index.search(queries, MODEL, topk=10, per_image=False)
+    for query, matches in zip(queries, results):
+        sims = all_feats @ query
+        expected = np.argsort(-sims)[:10]
+        assert [m["row"] for m in matches] == expected.tolist()
+        assert [m["score"] for m in matches] == pytest.approx(sims[expected].tolist(), abs=1e-5)
+        first = matches[0]
+        path, camera, time, _, boxes, scores = gallery[first["row"] // 3]
+        assert (first["path"], first["camera"], first["time"]) == (path, camera, time)
+        assert first["box"] == pytest.approx(boxes[first["row"] % 3].tolist())
+        assert first["det_score"] == pytest.approx(scores[first["row"] % 3])
+
+
+def test_per_image_keeps_the_best_box_of_each_image_and_filters_select_sources():
+    rng = np.random.default_rng(1)
+    gallery = _gallery(rng)
+    index = _filled(gallery)
+    query = _unit(rng, 1)
+    (matches,) = index.search(query, MODEL, topk=len(gallery))
+    assert len(matches) == len(gallery) and len({m["path"] for m in matches}) == len(gallery)
+    for m in matches:  # each image's best box
+        feats = gallery[int(m["path"][4:7])][3]
+        assert m["score"] == pytest.approx(float((feats @ query[0]).max()), abs=1e-5)
+    (cam1,) = index.search(query, MODEL, topk=50, cameras=["cam1"])
+    assert len(cam1) == 10 and all(m["camera"] == "cam1" for m in cam1)
+    (early,) = index.search(query, MODEL, topk=50, time_range=(2.0, 4.0))
+    assert sorted(m["time"] for m in early) == [2.0, 3.0, 4.0]
+    (two,) = index.search(query, MODEL, topk=5, paths=["img_007.jpg", "img_011.jpg"])
+    assert sorted(m["path"] for m in two) == ["img_007.jpg", "img_011.jpg"]
+
+
+def test_incremental_add_and_round_trip_give_identical_results(tmp_path):
+    rng = np.random.default_rng(2)
+    gallery = _gallery(rng)
+    whole = _filled(gallery)
+    index = _filled(gallery[:7])
+    index.save(str(tmp_path / "idx"))
+    index = GalleryIndex.load(str(tmp_path / "idx"), MODEL)
+    assert index.has_source("img_006.jpg") and not index.has_source("img_007.jpg")
+    for path, camera, time, feats, boxes, scores in gallery[7:]:
+        index.add(feats, boxes, scores, path, time=time, camera=camera)
+    index.save(str(tmp_path / "idx"))
+    loaded = GalleryIndex.load(str(tmp_path / "idx"))
+    queries = _unit(rng, 4)
+    assert loaded.search(queries, MODEL) == whole.search(queries, MODEL)
+    with pytest.raises(ValueError, match="img_003.jpg .frame -1. is already in the index"):
+        loaded.add(gallery[3][3], gallery[3][4], gallery[3][5], "img_003.jpg")
+
+
+def test_a_trained_index_searches_its_buffer_exactly_until_trained_and_persists_it(tmp_path):
+    rng = np.random.default_rng(3)
+    gallery = _gallery(rng, sources=100, per_source=4)  # 400 rows
+    exact = _filled(gallery)
+    ivf = _filled(gallery[:50], factory="IVF4,Flat", search_params="nprobe=4", train_size=300)
+    assert not ivf.index.is_trained and len(ivf) == 200
+    queries = _unit(rng, 3)
+    buffered, flat = ivf.search(queries, MODEL), _filled(gallery[:50]).search(queries, MODEL)
+    assert [[m["row"] for m in r] for r in buffered] == [[m["row"] for m in r] for r in flat]
+    assert buffered[0][0]["score"] == pytest.approx(flat[0][0]["score"], abs=1e-5)
+    ivf.save(str(tmp_path / "ivf"))
+    ivf = GalleryIndex.load(str(tmp_path / "ivf"))
+    for path, camera, time, feats, boxes, scores in gallery[50:]:
+        ivf.add(feats, boxes, scores, path, time=time, camera=camera)
+    assert ivf.index.is_trained and ivf.index.ntotal == 400
+    # nprobe = nlist visits every list: exact.
+    got = ivf.search(queries, MODEL, per_image=False)
+    want = exact.search(queries, MODEL, per_image=False)
+    assert [[m["row"] for m in r] for r in got] == [[m["row"] for m in r] for r in want]
+
+
+def test_hnsw_finds_most_exact_neighbours():
+    rng = np.random.default_rng(4)
+    gallery = _gallery(rng, sources=300, per_source=2)
+    exact, hnsw = _filled(gallery), _filled(gallery, factory="HNSW16", search_params="efSearch=64")
+    queries = _unit(rng, 20)
+    found = [
+        len({m["row"] for m in a} & {m["row"] for m in b}) / 10
+        for a, b in zip(hnsw.search(queries, MODEL, per_image=False),
+                        exact.search(queries, MODEL, per_image=False))
+    ]  # fmt: skip
+    assert np.mean(found) >= 0.9
+
+
+def test_another_models_queries_and_corrupt_or_mismatched_indexes_are_refused(tmp_path):
+    rng = np.random.default_rng(5)
+    index = _filled(_gallery(rng))
+    other = {"config_sha1": "abc", "weights_sha1": "zzz"}
+    with pytest.raises(GalleryIndexError, match="embedded by model .*the index by"):
+        index.search(_unit(rng, 1), other)
+    directory = tmp_path / "idx"
+    index.save(str(directory))
+    with pytest.raises(GalleryIndexError, match="built with model"):
+        GalleryIndex.load(str(directory), other)
+    with pytest.raises(ValueError, match="L2-normalised"):
+        index.add(np.ones((1, DIM)), np.zeros((1, 4)), [1.0], "new.jpg")
+
+    header = json.loads((directory / "index.json").read_text())
+    (directory / "index.json").write_text(json.dumps(dict(header, dim=32)))
+    with pytest.raises(GalleryIndexError, match="inconsistent gallery index: header dim 32"):
+        GalleryIndex.load(str(directory))
+    (directory / "index.json").write_text(json.dumps(dict(header, format_version=99)))
+    with pytest.raises(GalleryIndexError, match="format_version 99, expected 1"):
+        GalleryIndex.load(str(directory))
+    (directory / "index.json").write_text("{not json")
+    with pytest.raises(GalleryIndexError, match="index.json: not a gallery index header"):
+        GalleryIndex.load(str(directory))
+    (directory / "index.json").write_text(json.dumps(header))
+    faiss_file = directory / "index.faiss"
+    faiss_file.write_bytes(faiss_file.read_bytes()[:100])
+    with pytest.raises(GalleryIndexError, match="corrupt gallery index"):
+        GalleryIndex.load(str(directory))
+    faiss_file.unlink()
+    with pytest.raises(GalleryIndexError, match="index.faiss: missing; not a gallery index"):
+        GalleryIndex.load(str(directory))
+
+
+def test_videos_frames_are_sources_of_their_own():
+    rng = np.random.default_rng(6)
+    index = GalleryIndex(DIM, MODEL)
+    feats = _unit(rng, 3)
+    for frame in range(3):
+        index.add(feats[frame : frame + 1], [[0, 0, 10, 20]], [0.9], "cam.mp4", frame, frame / 25)
+    (matches,) = index.search(feats[1], MODEL, topk=3)
+    assert [m["frame"] for m in matches][0] == 1 and len(matches) == 3
+    assert matches[0]["time"] == pytest.approx(0.04) and not math.isnan(matches[0]["time"])
