@@ -146,6 +146,15 @@ def add_personsearch_config(cfg):
     # (always so for re-ID networks on crops, DATALOADER.PERSON_CROPS).
     _C.TEST.PERSON_SEARCH.GROUND_TRUTH_BOXES = False
 
+    _C.GALLERY_INDEX = CN()
+    # The persistent gallery index (personsearch_kd.search, tools/index_gallery.py): a faiss
+    # index_factory string with inner product, "Flat" (exact) or e.g. "HNSW32", "IVF4096,PQ32";
+    # faiss search parameters ("nprobe=32", "efSearch=128"; "" = faiss's defaults); and, for
+    # types that need training (IVF, PQ), the boxes buffered (searched exactly) before training.
+    _C.GALLERY_INDEX.FACTORY = "Flat"
+    _C.GALLERY_INDEX.SEARCH_PARAMS = ""
+    _C.GALLERY_INDEX.TRAIN_SIZE = 100000
+
 
 def add_teacher(cfg, name: str, kind: str, weights: str, config_file: str = "", opts=()):
     """

@@ -128,6 +128,41 @@ class GalleryIndex:
             self.index.add(self._pending)
             self._pending = self._pending[:0]
 
+    def merge(self, other: "GalleryIndex") -> None:
+        """
+        Add every source of ``other`` (an exact "Flat" index of the same model, e.g. one
+        process's shard) that this index lacks, in ``other``'s order.
+        """
+        if other.model != self.model or other.dim != self.dim:
+            raise GalleryIndexError(
+                f"cannot merge an index of model {other.model} (dim {other.dim}) into one of "
+                f"{self.model} (dim {self.dim})"
+            )
+        if other.factory != "Flat":
+            raise GalleryIndexError(
+                f"merge reads exact features: expected a Flat index, got {other.factory}"
+            )
+        records = other.arrays()
+        features = np.concatenate(
+            [other.index.reconstruct_n(0, other.index.ntotal), other._pending]
+        )
+        rows_of = np.argsort(records["source"], kind="stable")
+        bounds = np.searchsorted(records["source"][rows_of], np.arange(other.num_sources + 1))
+        for source in range(other.num_sources):
+            path, frame = str(records["path"][source]), int(records["frame"][source])
+            if self.has_source(path, frame):
+                continue
+            rows = rows_of[bounds[source] : bounds[source + 1]]
+            self.add(
+                features[rows],
+                records["box"][rows],
+                records["det_score"][rows],
+                path,
+                frame,
+                float(records["time"][source]),
+                str(records["camera"][source]),
+            )
+
     def has_source(self, path: str, frame: int = -1) -> bool:
         """Whether this image or frame is already in the index (to resume an indexing)."""
         return (path, int(frame)) in self._source_ids

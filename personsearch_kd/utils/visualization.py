@@ -39,7 +39,8 @@ def draw_ranked_matches(
         query_image: (H, W, 3) uint8 RGB image of the query.
         query_box: the query's (x0, y0, x1, y1) in that image's pixels.
         matches: best first; each a dict with "image" ((H, W, 3) uint8 RGB), "box" (x0, y0, x1, y1),
-            "score" (similarity) and optionally "is_match" (bool, or None when unknown).
+            "score" (similarity), optionally "is_match" (bool, or None when unknown) and
+            "caption" (e.g. the source's name, frame and time, after rank and similarity).
         height: height in pixels every image is resized to.
         title: caption of the query panel (default "query").
 
@@ -50,7 +51,8 @@ def draw_ranked_matches(
     panels = [_panel(query_image, query_box, title or "query", QUERY_COLOR, height)]
     for rank, m in enumerate(matches, start=1):
         color = MATCH_COLORS[m.get("is_match")]
-        panels.append(_panel(m["image"], m["box"], f"#{rank}  {m['score']:.3f}", color, height))
+        caption = f"#{rank}  {m['score']:.3f}" + (f"  {m['caption']}" if m.get("caption") else "")
+        panels.append(_panel(m["image"], m["box"], caption, color, height))
     gap = np.full((height + CAPTION_HEIGHT, GAP, 3), 255, dtype=np.uint8)
     pieces = [panels[0]]
     for p in panels[1:]:

@@ -1,0 +1,130 @@
+# Copyright (c) personsearch_kd contributors. Licensed under the Apache License 2.0.
+"""Index once, search many times: tools/index_gallery.py and tools/search.py end to end."""
+
+import json
+import os
+import shutil
+
+import pytest
+
+pytest.importorskip("detectron2")
+
+import cv2  # noqa: E402
+import numpy as np  # noqa: E402
+
+from detectron2.checkpoint import DetectionCheckpointer  # noqa: E402
+from detectron2.modeling import build_model  # noqa: E402
+
+from personsearch_kd.engine import PersonSearchPredictor  # noqa: E402
+from personsearch_kd.search import GalleryIndex, GalleryIndexError  # noqa: E402
+
+from helpers import REPO_ROOT, load_tool, set_seed, tiny_cfg  # noqa: E402
+
+FRAMES = os.path.join(REPO_ROOT, "datasets", "mot15-ps-sample", "PETS09-S2L1", "img1")
+FPS = 7.0
+
+
+@pytest.fixture
+def gallery(tmp_path):
+    """A video of 5 sample frames (MJPG, 7 fps), a folder of 2 more frames, an untrained model."""
+    names = sorted(os.listdir(FRAMES))
+    first = cv2.imread(os.path.join(FRAMES, names[0]))
+    size = (first.shape[1] // 4, first.shape[0] // 4)
+    video = str(tmp_path / "cam1.avi")
+    writer = cv2.VideoWriter(video, cv2.VideoWriter_fourcc(*"MJPG"), FPS, size)
+    for name in names[:5]:
+        writer.write(cv2.resize(cv2.imread(os.path.join(FRAMES, name)), size))
+    writer.release()
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for name in names[5:7]:
+        shutil.copy(os.path.join(FRAMES, name), folder / name)
+    set_seed(0)
+    cfg = tiny_cfg(18, **{"TEST.DETECTIONS_PER_IMAGE": 4})
+    cfg.TEST.PERSON_SEARCH.SEARCH_SCORE_THRESH = 0.0
+    DetectionCheckpointer(build_model(cfg), save_dir=str(tmp_path)).save("model")
+    config_file = tmp_path / "model.yaml"
+    config_file.write_text(cfg.dump())
+    opts = ["MODEL.WEIGHTS", str(tmp_path / "model.pth")]
+    return {"video": video, "folder": str(folder), "config": str(config_file), "opts": opts}
+
+
+def _index(gallery, output, *extra):
+    load_tool("index_gallery").main(
+        ["--config-file", gallery["config"], "--input", gallery["video"], gallery["folder"],
+         "--every", "2", "--camera", "cam1", "--output", output, *extra, *gallery["opts"]]
+    )  # fmt: skip
+
+
+def test_index_a_video_and_a_folder_then_search_it(gallery, tmp_path):
+    output = str(tmp_path / "index")
+    _index(gallery, output)
+    index = GalleryIndex.load(output)
+    records = index.arrays()
+    # Frames 0, 2, 4 of the video (every 2nd) at their times, then the 2 images.
+    assert records["frame"].tolist() == [0, 2, 4, -1, -1]
+    assert records["time"][:3].tolist() == pytest.approx([0.0, 2 / FPS, 4 / FPS])
+    assert set(records["camera"].tolist()) == {"cam1"}
+    assert len(index) == 5 * 4 and not os.path.exists(os.path.join(output, "shards"))
+
+    # A query box that is one of the indexed detections finds itself first, with similarity 1.
+    row = int(records["source"].tolist().index(3))
+    image = records["path"][3]
+    box = records["box"][row].tolist()
+    matches = load_tool("search").main(
+        ["--config-file", gallery["config"], "--index", output, "--query-image", image,
+         "--query-box", *map(str, box), "--topk", "3", "--output", str(tmp_path / "m.jpg"),
+         *gallery["opts"]]
+    )  # fmt: skip
+    assert matches[0]["path"] == image and matches[0]["score"] == pytest.approx(1.0, abs=1e-4)
+    assert len(matches) == 3 and len({(m["path"], m["frame"]) for m in matches}) == 3
+    picture = cv2.imread(str(tmp_path / "m.jpg"))
+    assert picture is not None and picture.shape[1] > picture.shape[0]
+    only_video = load_tool("search").main(
+        ["--config-file", gallery["config"], "--index", output, "--query-image", image,
+         "--time-range", "0", "1", "--json", *gallery["opts"]]
+    )  # fmt: skip
+    assert {m["frame"] for m in only_video} == {0, 2, 4}
+
+    # Queries of another model are refused.
+    other = tiny_cfg(18)
+    set_seed(1)
+    DetectionCheckpointer(build_model(other), save_dir=str(tmp_path)).save("other")
+    with pytest.raises(GalleryIndexError, match="built with model"):
+        load_tool("search").main(
+            ["--config-file", gallery["config"], "--index", output, "--query-image", image,
+             "MODEL.WEIGHTS", str(tmp_path / "other.pth")]
+        )  # fmt: skip
+
+
+def test_an_interrupted_indexing_resumes_without_redoing_finished_images(
+    gallery, tmp_path, monkeypatch
+):
+    calls = {"n": 0}
+    original = PersonSearchPredictor.__call__
+
+    def counting(self, image):
+        calls["n"] += 1
+        if calls["n"] == 3 and calls.get("fail", True):
+            raise KeyboardInterrupt  # the user stops the run during the third image
+        return original(self, image)
+
+    monkeypatch.setattr(PersonSearchPredictor, "__call__", counting)
+    output = str(tmp_path / "index")
+    with pytest.raises(KeyboardInterrupt):
+        _index(gallery, output, "--save-every", "1")
+    calls.update(n=0, fail=False)
+    _index(gallery, output, "--save-every", "1")
+    assert calls["n"] == 3  # the two finished sources were not processed again
+    resumed = GalleryIndex.load(output)
+    calls.update(n=0)
+    _index(gallery, str(tmp_path / "fresh"))
+    fresh = GalleryIndex.load(str(tmp_path / "fresh"))
+    for key in ("path", "frame", "source"):
+        assert resumed.arrays()[key].tolist() == fresh.arrays()[key].tolist()
+    assert np.allclose(resumed.arrays()["box"], fresh.arrays()["box"], atol=1e-4)
+    # Indexing again adds nothing.
+    calls.update(n=0)
+    _index(gallery, output)
+    assert calls["n"] == 0 and len(GalleryIndex.load(output)) == len(fresh)
+    assert json.loads(open(os.path.join(output, "index.json")).read())["num_sources"] == 5
