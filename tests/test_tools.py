@@ -7,6 +7,7 @@ import re
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 pytest.importorskip("detectron2")
@@ -149,3 +150,28 @@ def test_benchmark_resumes_an_interrupted_training_from_its_last_checkpoint(tmp_
     starts = re.findall(r"Starting training from iteration (\d+)", log)
     assert starts == ["0", "2"]
     assert "--resume" not in benchmark.train_command(str(config_file), opts, True)
+
+
+def test_benchmark_index_rows_per_type_with_exact_recall_for_flat(tmp_path):
+    rows = load_tool("benchmark_index").main(
+        ["--sizes", "3000", "--dim", "32", "--types", "Flat", "HNSW16:efSearch=64",
+         "--queries", "50", "--train-size", "1000"]
+    )  # fmt: skip
+    assert [(r[0], r[1], r[2]) for r in rows] == [
+        ("synthetic 3000", "Flat", 3000),
+        ("synthetic 3000", "HNSW16:efSearch=64", 3000),
+    ]
+    flat, hnsw = rows
+    assert flat[-2:] == (1.0, 1.0) and 0.8 <= hnsw[-1] <= 1.0
+    assert all(v > 0 for v in flat[5:10])  # latencies and throughput measured
+    # A real index's features (Flat) are read back and benchmarked the same way.
+    from personsearch_kd.search import GalleryIndex
+
+    feats = load_tool("benchmark_index").synthetic_features(500, 32, seed=1)
+    index = GalleryIndex(32, {"model": "m"})
+    index.add(feats, np.zeros((500, 4)), np.ones(500), "image.jpg")
+    index.save(str(tmp_path / "real"))
+    (row,) = load_tool("benchmark_index").main(
+        ["--index", str(tmp_path / "real"), "--types", "Flat", "--queries", "20"]
+    )
+    assert row[0] == "real" and row[2] == 500 and row[-1] == 1.0
