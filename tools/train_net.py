@@ -23,7 +23,7 @@ from detectron2.utils.logger import setup_logger
 from personsearch_kd import PersonSearchDatasetMapper, add_personsearch_config, student_config
 from personsearch_kd.engine import PeakMemory, SafeCheckpointer
 from personsearch_kd.data import build_person_crop_train_loader
-from personsearch_kd.evaluation import GroundTruthBoxes, PersonSearchEvaluator
+from personsearch_kd.evaluation import GroundTruthBoxes, IndexedGallery, PersonSearchEvaluator
 
 
 class Trainer(DefaultTrainer):
@@ -50,6 +50,15 @@ class Trainer(DefaultTrainer):
         # A plain detector has no query mode: run the gallery images only.
         gallery = [d for d in DatasetCatalog.get(dataset_name) if "query_boxes" not in d]
         return build_detection_test_loader(gallery, mapper=DatasetMapper(cfg, False))
+
+    @classmethod
+    def test(cls, cfg, model, evaluators=None):
+        search = cfg.TEST.PERSON_SEARCH
+        if search.DETECTION_ONLY or search.GROUND_TRUTH_BOXES or cfg.DATALOADER.PERSON_CROPS:
+            return super().test(cfg, model, evaluators)
+        # One gallery pass for all test sets: images they share (CUHK-SYSU's gallery sizes) run
+        # the model once.
+        return super().test(cfg, IndexedGallery(model, cfg.MODEL.OIM.EMBED_DIM), evaluators)
 
     def build_hooks(self):
         # DefaultTrainer.__init__ makes a plain DetectionCheckpointer just before it calls this;

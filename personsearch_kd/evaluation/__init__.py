@@ -6,5 +6,6 @@ from .metrics import average_precision, box_iou, detection_metrics, search_metri
 
 if find_spec("detectron2") is not None:
     from .evaluator import PersonSearchEvaluator
+    from .gallery_pass import IndexedGallery
     from .random_features import RandomFeatureEvaluator
     from .two_step import CropReIDEnsemble, GroundTruthBoxes, TwoStepSearch

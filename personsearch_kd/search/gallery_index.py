@@ -163,6 +163,20 @@ class GalleryIndex:
                 str(records["camera"][source]),
             )
 
+    def source_rows(self, path: str, frame: int = -1) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """
+        The detections of one source, in the order they were added: features (N, D), boxes
+        (N, 4), detection scores (N,). Features are read back exactly from a Flat index only.
+        """
+        if self.factory != "Flat":
+            raise GalleryIndexError(f"features are read back from a Flat index, not {self.factory}")
+        records = self.arrays()
+        rows = np.flatnonzero(records["source"] == self._source_ids[(path, int(frame))])
+        in_faiss = rows[rows < self.index.ntotal]
+        feats = [self.index.reconstruct_batch(in_faiss)] if len(in_faiss) else []
+        feats.append(self._pending[rows[rows >= self.index.ntotal] - self.index.ntotal])
+        return np.concatenate(feats), records["box"][rows], records["det_score"][rows]
+
     def has_source(self, path: str, frame: int = -1) -> bool:
         """Whether this image or frame is already in the index (to resume an indexing)."""
         return (path, int(frame)) in self._source_ids
