@@ -145,6 +145,9 @@ def add_personsearch_config(cfg):
     # Search the ground-truth boxes of the gallery instead of detections, the re-ID quality alone
     # (always so for re-ID networks on crops, DATALOADER.PERSON_CROPS).
     _C.TEST.PERSON_SEARCH.GROUND_TRUTH_BOXES = False
+    # Take each detection's re-ID feature from the detector's own res5 pass over its proposal
+    # (the original OIM) instead of embedding the regressed box again (a second res5 pass).
+    _C.TEST.PERSON_SEARCH.REID_ON_PROPOSALS = False
 
     _C.GALLERY_INDEX = CN()
     # The persistent gallery index (personsearch_kd.search, tools/index_gallery.py): a faiss

@@ -237,3 +237,47 @@ def test_separate_reid_res5_starts_from_a_checkpoints_res5():
     assert torch.equal(
         again.roi_heads.reid_res5[0].conv1.weight, separate.roi_heads.reid_res5[0].conv1.weight
     )
+
+
+def test_reid_on_proposals_gives_each_detection_its_proposals_feature():
+    cfg = tiny_cfg(18)
+    head, images, features, proposals, _ = _head_and_inputs(cfg)
+    head.eval()
+    with torch.no_grad():
+        default, _ = head(images, features, proposals)
+        head.reid_on_proposals = True
+        fast, _ = head(images, features, proposals)
+        own = head.embed_boxes(features, [p.proposal_boxes for p in proposals]).embeddings
+    own = own.split([len(p) for p in proposals])
+    for a, b, candidates in zip(default, fast, own):
+        # The same detections; each feature is that of one of the image's proposals.
+        assert torch.equal(a.pred_boxes.tensor, b.pred_boxes.tensor)
+        assert torch.equal(a.scores, b.scores)
+        assert b.reid_feats.shape == a.reid_feats.shape and b.reid_feats.dtype == torch.float32
+        distance = torch.cdist(b.reid_feats, candidates)
+        assert (distance.min(dim=1).values < 1e-5).all()
+
+
+def test_bf16_autocast_inference_keeps_reid_features_fp32_and_normalised():
+    cfg = tiny_cfg(18)
+    head, images, features, proposals, _ = _head_and_inputs(cfg)
+    head.eval()
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        instances, _ = head(images, features, proposals)
+    for inst in instances:
+        assert inst.reid_feats.dtype == torch.float32
+        assert torch.allclose(inst.reid_feats.norm(dim=1), torch.ones(len(inst)), atol=1e-5)
+
+
+def test_a_bf16_autocast_training_step_updates_the_oim_memory_in_fp32():
+    set_seed(0)
+    cfg = tiny_cfg(18)
+    head, images, features, proposals, targets = _head_and_inputs(cfg)
+    head.train()
+    with EventStorage(), torch.autocast("cpu", dtype=torch.bfloat16):
+        _, losses = head(images, features, proposals, targets)
+    sum(losses.values()).backward()
+    oim = head.oim_loss
+    assert oim.lut.dtype == torch.float32 and oim.queue.dtype == torch.float32
+    assert [round(oim.lut[i].norm().item(), 4) for i in (0, 3)] == [1.0, 1.0]
+    assert int(oim.queue_ptr) == 2 and torch.isfinite(losses["loss_oim"])

@@ -175,3 +175,20 @@ def test_benchmark_index_rows_per_type_with_exact_recall_for_flat(tmp_path):
         ["--index", str(tmp_path / "real"), "--types", "Flat", "--queries", "20"]
     )
     assert row[0] == "real" and row[2] == 500 and row[-1] == 1.0
+
+
+def test_benchmark_inference_rows_per_setting_with_stage_shares(tmp_path):
+    config_file = tmp_path / "tiny.yaml"
+    config_file.write_text(tiny_cfg(18).dump())
+    rows = load_tool("benchmark_inference").main(
+        ["--config-files", str(config_file), "--height", "96", "--width", "128",
+         "--precision", "fp32", "bf16", "--reid-on-proposals", "0", "1", "--iters", "1",
+         "--warmup", "0"]
+    )  # fmt: skip
+    assert [(r[1], r[2]) for r in rows] == [(0, "fp32"), (0, "bf16"), (1, "fp32"), (1, "bf16")]
+    for _, on_proposals, _, _, rate, seconds, shares, _ in rows:
+        assert rate > 0 and seconds > 0
+        assert sum(shares.values()) == pytest.approx(1.0, abs=0.02)
+        assert shares["backbone"] > 0 and shares["res5 detection"] > 0
+        # Re-ID on the proposals needs no second res5 pass.
+        assert (shares.get("res5 re-ID", 0.0) > 0) == (not on_proposals)

@@ -84,7 +84,8 @@ class EmbeddingHead(nn.Module):
         """
         normed = self.norm(self.proj(feature_map.mean(dim=[2, 3])))
         logits = None if self.classifier is None else self.classifier(normed)
-        return ReIDOutputs(F.normalize(normed, dim=1), feature_map, logits)
+        # fp32 even under autocast: the search compares, and the OIM memory stores, these.
+        return ReIDOutputs(F.normalize(normed.float(), dim=1), feature_map, logits)
 
 
 def build_reid_head(cfg, in_channels: int) -> nn.Module:

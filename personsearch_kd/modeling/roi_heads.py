@@ -80,6 +80,7 @@ class OIMROIHeads(Res5ROIHeads):
         reid_head: nn.Module,
         reid_losses: List[nn.Module],
         reid_res5: Optional[nn.Module] = None,
+        reid_on_proposals: bool = False,
         **kwargs,
     ):
         """
@@ -87,12 +88,15 @@ class OIMROIHeads(Res5ROIHeads):
             reid_head: maps (R, C, h, w) res5 ROI features to :class:`ReIDOutputs`.
             reid_res5: the re-ID head's own res5 on the pooled ROI features; None shares the
                 box head's.
+            reid_on_proposals: in inference, each detection's feature comes from the ROI
+                features of its proposal in the detector's pass, not from its regressed box.
             reid_losses: re-ID loss modules (REID_LOSS_REGISTRY), each held as ``<name>_loss``
                 for its key ``loss_<name>`` (so checkpoints keep ``roi_heads.oim_loss.lut``).
             kwargs: arguments of :class:`Res5ROIHeads` (a mask head is not supported).
         """
         super().__init__(**kwargs)
         self.reid_res5 = reid_res5
+        self.reid_on_proposals = reid_on_proposals
         if self.mask_on:
             raise ValueError("OIMROIHeads does not support masks: set MODEL.MASK_ON=False")
         self.reid_head = reid_head
@@ -111,6 +115,7 @@ class OIMROIHeads(Res5ROIHeads):
         ret["reid_losses"] = build_reid_losses(cfg)
         if cfg.MODEL.REID.SEPARATE_RES5:
             ret["reid_res5"] = cls._build_res5_block(cfg)[0]
+        ret["reid_on_proposals"] = cfg.TEST.PERSON_SEARCH.REID_ON_PROPOSALS
         return ret
 
     @classmethod
@@ -146,6 +151,8 @@ class OIMROIHeads(Res5ROIHeads):
         predictions and the re-ID outputs. Inference instances add ``reid_feats``.
         """
         if not self.training:
+            if self.reid_on_proposals:
+                return self._inference_on_proposals(features, proposals), {}
             return super().forward(images, features, proposals)
         rois = self.label_and_sample_proposals(proposals, targets)
         pooled = self.pooler(
@@ -161,6 +168,25 @@ class OIMROIHeads(Res5ROIHeads):
             record.box_scores, record.box_deltas = predictions
             record.reid, record.reid_pids = reid, pids
         return [], losses
+
+    def _inference_on_proposals(
+        self, features: Dict[str, torch.Tensor], proposals: List[Instances]
+    ) -> List[Instances]:
+        """
+        Detections whose ``reid_feats`` are the re-ID head's outputs on the ROI features of the
+        proposals they came from, computed in the detector's own pass.
+        """
+        pooled = self.pooler(
+            [features[f] for f in self.in_features], [x.proposal_boxes for x in proposals]
+        )
+        box_features = self.res5(pooled)
+        predictions = self.box_predictor(box_features.mean(dim=[2, 3]))
+        instances, kept = self.box_predictor.inference(predictions, proposals)
+        reid_features = box_features if self.reid_res5 is None else self.reid_res5(pooled)
+        embeddings = self.reid_head(reid_features).embeddings
+        for inst, emb, keep in zip(instances, embeddings.split([len(p) for p in proposals]), kept):
+            inst.reid_feats = emb[keep]
+        return instances
 
     def _embed_foreground(
         self, pooled: torch.Tensor, box_features: torch.Tensor, rois: List[Instances]
