@@ -148,6 +148,9 @@ def add_personsearch_config(cfg):
     # Take each detection's re-ID feature from the detector's own res5 pass over its proposal
     # (the original OIM) instead of embedding the regressed box again (a second res5 pass).
     _C.TEST.PERSON_SEARCH.REID_ON_PROPOSALS = False
+    # Inference precision of PersonSearchRCNN: "fp32", or "bf16" / "fp16" autocast (bf16 on CPUs
+    # with AVX-512 BF16 or AMX; the re-ID features stay fp32).
+    _C.TEST.PERSON_SEARCH.PRECISION = "fp32"
 
     _C.GALLERY_INDEX = CN()
     # The persistent gallery index (personsearch_kd.search, tools/index_gallery.py): a faiss

@@ -169,3 +169,20 @@ def test_checkpoints_from_before_the_reid_head_component_still_load(tmp_path):
     DetectionCheckpointer(fresh).load(str(tmp_path / "old.pth"))
     for key, value in model.state_dict().items():
         assert torch.equal(fresh.state_dict()[key], value), key
+
+
+def test_bf16_inference_option_gives_the_documented_outputs(records):
+    set_seed(0)
+    cfg = tiny_cfg(18, **{"TEST.PERSON_SEARCH.PRECISION": "bf16"})
+    model = build_model(cfg).eval()
+    inputs = model_inputs(cfg, records[:1], is_train=False)
+    with torch.no_grad():
+        (detections,) = model(inputs)
+        (query,) = model([dict(inputs[0], query_boxes=[[10.0, 10.0, 40.0, 80.0]])])
+    for inst in (detections["instances"], query["instances"]):
+        assert inst.reid_feats.dtype == torch.float32 and inst.reid_feats.shape[1] == 256
+        assert torch.allclose(inst.reid_feats.norm(dim=1), torch.ones(len(inst)), atol=1e-5)
+    assert detections["instances"].has("pred_boxes") and detections["instances"].has("scores")
+    cfg.TEST.PERSON_SEARCH.PRECISION = "int8"
+    with pytest.raises(ValueError, match="PRECISION='int8': expected one of"):
+        build_model(cfg)

@@ -14,7 +14,6 @@ change in the machine's load hits all alike.
 """
 
 import argparse
-import contextlib
 import itertools
 import statistics
 import time
@@ -29,7 +28,7 @@ from detectron2.modeling import build_model
 from personsearch_kd import add_personsearch_config, student_config
 from personsearch_kd.engine.hooks import peak_memory_gb
 
-PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+PRECISIONS = ("fp32", "bf16", "fp16")
 
 
 class StageTimer:
@@ -122,15 +121,11 @@ def measure(args):
                 for image in images
             ]
             timer = StageTimer(model, device)
-            autocast = (
-                torch.autocast(device.split(":")[0], dtype=PRECISIONS[precision])
-                if PRECISIONS[precision] is not None
-                else contextlib.nullcontext()
-            )
+            model.inference_precision = precision  # TEST.PERSON_SEARCH.PRECISION
             if device.startswith("cuda"):  # on CPU the peak is the process's so far
                 torch.cuda.reset_peak_memory_stats()
             start = time.perf_counter()
-            with torch.no_grad(), autocast:
+            with torch.no_grad():
                 model(inputs)
             if device.startswith("cuda"):
                 torch.cuda.synchronize()
@@ -172,7 +167,7 @@ def main(argv=None):
     parser.add_argument("--height", type=int, default=576)
     parser.add_argument("--width", type=int, default=768)
     parser.add_argument("--batch", type=int, default=1, help="gallery images per forward")
-    parser.add_argument("--precision", nargs="+", default=["fp32"], choices=list(PRECISIONS))
+    parser.add_argument("--precision", nargs="+", default=["fp32"], choices=PRECISIONS)
     parser.add_argument("--channels-last", nargs="+", type=int, default=[0], choices=[0, 1])
     parser.add_argument("--reid-on-proposals", nargs="+", type=int, default=[0], choices=[0, 1])
     parser.add_argument("--warmup", type=int, default=1)

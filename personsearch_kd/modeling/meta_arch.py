@@ -16,6 +16,8 @@ from .student import DistillationStudent
 
 __all__ = ["PersonSearchRCNN"]
 
+_AUTOCAST_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
 
 @META_ARCH_REGISTRY.register()
 class PersonSearchRCNN(DistillationStudent, GeneralizedRCNN):
@@ -43,6 +45,7 @@ class PersonSearchRCNN(DistillationStudent, GeneralizedRCNN):
         *,
         teachers: Dict[str, nn.Module] = None,
         distillation_losses: Dict[str, nn.Module] = None,
+        inference_precision: str = "fp32",
         **kwargs,
     ):
         """
@@ -50,10 +53,18 @@ class PersonSearchRCNN(DistillationStudent, GeneralizedRCNN):
             teachers: name -> frozen teacher (see :func:`build_teachers`); none by default.
             distillation_losses: name -> distillation loss module (see
                 :func:`build_distillation_losses`); none by default.
+            inference_precision: "fp32", or "bf16" / "fp16" to run inference under autocast
+                (re-ID features stay fp32).
             kwargs: arguments of :class:`GeneralizedRCNN`.
         """
         super().__init__(**kwargs)
         self._init_distillation(teachers, distillation_losses)
+        if inference_precision not in _AUTOCAST_DTYPES:
+            raise ValueError(
+                f"TEST.PERSON_SEARCH.PRECISION={inference_precision!r}: expected one of "
+                f"{sorted(_AUTOCAST_DTYPES)}"
+            )
+        self.inference_precision = inference_precision
 
     @classmethod
     def from_config(cls, cfg):
@@ -61,6 +72,7 @@ class PersonSearchRCNN(DistillationStudent, GeneralizedRCNN):
         teachers = build_teachers(cfg)
         ret["teachers"] = teachers
         ret["distillation_losses"] = build_distillation_losses(cfg, ret, teachers)
+        ret["inference_precision"] = cfg.TEST.PERSON_SEARCH.PRECISION
         return ret
 
     def forward(self, batched_inputs: List[Dict[str, torch.Tensor]]):
@@ -69,16 +81,26 @@ class PersonSearchRCNN(DistillationStudent, GeneralizedRCNN):
         :meth:`embed_query_boxes`. Training adds the distillation losses to the student's.
         """
         if not self.training:
-            for key in ("query_boxes", "boxes"):
-                given = [key in x for x in batched_inputs]
-                if any(given):
-                    if not all(given):
-                        raise ValueError(
-                            f"PersonSearchRCNN: either every input of a batch has {key!r} "
-                            f"(boxes to embed) or none has; got {given}"
-                        )
-                    return self.embed_query_boxes(batched_inputs, key)
-            return super().forward(batched_inputs)
+            dtype = _AUTOCAST_DTYPES[self.inference_precision]
+            if dtype is None:
+                return self._inference(batched_inputs)
+            with torch.autocast(self.device.type, dtype=dtype):
+                return self._inference(batched_inputs)
+        return self._training_forward(batched_inputs)
+
+    def _inference(self, batched_inputs: List[Dict[str, torch.Tensor]]):
+        for key in ("query_boxes", "boxes"):
+            given = [key in x for x in batched_inputs]
+            if any(given):
+                if not all(given):
+                    raise ValueError(
+                        f"PersonSearchRCNN: either every input of a batch has {key!r} "
+                        f"(boxes to embed) or none has; got {given}"
+                    )
+                return self.embed_query_boxes(batched_inputs, key)
+        return super().forward(batched_inputs)
+
+    def _training_forward(self, batched_inputs: List[Dict[str, torch.Tensor]]):
         images = self.preprocess_image(batched_inputs)
         record = StudentRecord(
             batched_inputs=batched_inputs,
