@@ -161,7 +161,7 @@ class OIMROIHeads(Res5ROIHeads):
         box_features = self.res5(pooled)
         predictions = self.box_predictor(box_features.mean(dim=[2, 3]))
         losses = self.box_predictor.losses(predictions, rois)
-        reid, pids = self._embed_foreground(pooled, box_features, rois)
+        reid, pids = self._embed_foreground(box_features, rois, pooled)
         losses.update(self._reid_losses(reid, pids, box_features))
         if record is not None:
             record.rois = rois
@@ -189,7 +189,10 @@ class OIMROIHeads(Res5ROIHeads):
         return instances
 
     def _embed_foreground(
-        self, pooled: torch.Tensor, box_features: torch.Tensor, rois: List[Instances]
+        self,
+        box_features: torch.Tensor,
+        rois: List[Instances],
+        pooled: Optional[torch.Tensor] = None,
     ) -> Tuple[Optional[ReIDOutputs], torch.Tensor]:
         """
         The re-ID outputs of the foreground ROIs and their person ids (F,); background never
@@ -197,8 +200,9 @@ class OIMROIHeads(Res5ROIHeads):
         normalise a single sample in training.
 
         Args:
-            pooled: (R, C, h, w) pooled res4 features of the sampled ROIs.
-            box_features: (R, C', h', w') the box head's res5 features of the same ROIs.
+            box_features: (R, C', h', w') the box head's res5 features of the sampled ROIs.
+            rois: the sampled ROIs, per image.
+            pooled: (R, C, h, w) their pooled res4 features, for a separate re-ID res5.
         """
         gt_classes = cat([r.gt_classes for r in rois])
         # An image without ground truth has only background ROIs and no gt_pids field.
