@@ -85,7 +85,13 @@ class PersonSearchRCNN(DistillationStudent, GeneralizedRCNN):
             if dtype is None:
                 return self._inference(batched_inputs)
             with torch.autocast(self.device.type, dtype=dtype):
-                return self._inference(batched_inputs)
+                outputs = self._inference(batched_inputs)
+            # The documented outputs are fp32 whatever the precision of the computation.
+            for output in outputs:
+                instances = output["instances"]
+                instances.pred_boxes.tensor = instances.pred_boxes.tensor.float()
+                instances.scores = instances.scores.float()
+            return outputs
         return self._training_forward(batched_inputs)
 
     def _inference(self, batched_inputs: List[Dict[str, torch.Tensor]]):
