@@ -151,6 +151,8 @@ def add_personsearch_config(cfg):
     # Inference precision of PersonSearchRCNN: "fp32", or "bf16" / "fp16" autocast (bf16 on CPUs
     # with AVX-512 BF16 or AMX; the re-ID features stay fp32).
     _C.TEST.PERSON_SEARCH.PRECISION = "fp32"
+    # Images per inference batch in evaluation (gallery images and queries may share a batch).
+    _C.TEST.PERSON_SEARCH.IMS_PER_BATCH = 1
 
     _C.GALLERY_INDEX = CN()
     # The persistent gallery index (personsearch_kd.search, tools/index_gallery.py): a faiss

@@ -187,3 +187,19 @@ def test_bf16_inference_option_gives_the_documented_outputs(records):
     cfg.TEST.PERSON_SEARCH.PRECISION = "int8"
     with pytest.raises(ValueError, match="PRECISION='int8': expected one of"):
         build_model(cfg)
+
+
+def test_a_batch_mixing_gallery_images_and_queries_equals_running_them_one_by_one(records):
+    set_seed(0)
+    cfg = tiny_cfg(18)
+    model = build_model(cfg).eval()
+    gallery = model_inputs(cfg, records[:2], is_train=False)  # same size: same padding
+    query = dict(gallery[0], query_boxes=[[10.0, 10.0, 40.0, 80.0]])
+    with torch.no_grad():
+        mixed = model([gallery[0], query, gallery[1]])
+        alone = [model([x])[0] for x in (gallery[0], query, gallery[1])]
+    for a, b in zip(mixed, alone):
+        a, b = a["instances"], b["instances"]
+        assert torch.allclose(a.pred_boxes.tensor, b.pred_boxes.tensor, atol=1e-4)
+        assert torch.allclose(a.reid_feats, b.reid_feats, atol=1e-5)
+    assert len(mixed[1]["instances"]) == 1  # the query's own box

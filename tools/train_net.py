@@ -41,15 +41,21 @@ class Trainer(DefaultTrainer):
 
     @classmethod
     def build_test_loader(cls, cfg, dataset_name):
+        batch = cfg.TEST.PERSON_SEARCH.IMS_PER_BATCH
         if cfg.DATALOADER.PERSON_CROPS or cfg.TEST.PERSON_SEARCH.GROUND_TRUTH_BOXES:
             # A re-ID network on crops finds no person: it searches the ground-truth boxes.
             mapper = GroundTruthBoxes(DatasetMapper(cfg, False))
-            return build_detection_test_loader(cfg, dataset_name, mapper=mapper)
+            return build_detection_test_loader(cfg, dataset_name, mapper=mapper, batch_size=batch)
         if not cfg.TEST.PERSON_SEARCH.DETECTION_ONLY:
-            return super().build_test_loader(cfg, dataset_name)
+            return build_detection_test_loader(cfg, dataset_name, batch_size=batch)
         # A plain detector has no query mode: run the gallery images only.
         gallery = [d for d in DatasetCatalog.get(dataset_name) if "query_boxes" not in d]
-        return build_detection_test_loader(gallery, mapper=DatasetMapper(cfg, False))
+        return build_detection_test_loader(
+            gallery,
+            mapper=DatasetMapper(cfg, False),
+            batch_size=batch,
+            num_workers=cfg.DATALOADER.NUM_WORKERS,
+        )
 
     @classmethod
     def test(cls, cfg, model, evaluators=None):

@@ -95,16 +95,21 @@ class PersonSearchRCNN(DistillationStudent, GeneralizedRCNN):
         return self._training_forward(batched_inputs)
 
     def _inference(self, batched_inputs: List[Dict[str, torch.Tensor]]):
-        for key in ("query_boxes", "boxes"):
-            given = [key in x for x in batched_inputs]
-            if any(given):
-                if not all(given):
-                    raise ValueError(
-                        f"PersonSearchRCNN: either every input of a batch has {key!r} "
-                        f"(boxes to embed) or none has; got {given}"
-                    )
-                return self.embed_query_boxes(batched_inputs, key)
-        return super().forward(batched_inputs)
+        """Gallery images are detected, inputs with given boxes embedded; a batch may mix them."""
+        groups = {}
+        for i, x in enumerate(batched_inputs):
+            kind = "query_boxes" if "query_boxes" in x else "boxes" if "boxes" in x else None
+            groups.setdefault(kind, []).append(i)
+        outputs = [None] * len(batched_inputs)
+        for kind, indices in groups.items():
+            inputs = [batched_inputs[i] for i in indices]
+            if kind is None:
+                results = super().forward(inputs)
+            else:
+                results = self.embed_query_boxes(inputs, kind)
+            for i, result in zip(indices, results):
+                outputs[i] = result
+        return outputs
 
     def _training_forward(self, batched_inputs: List[Dict[str, torch.Tensor]]):
         images = self.preprocess_image(batched_inputs)
