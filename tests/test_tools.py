@@ -32,6 +32,7 @@ def test_benchmark_train_step_prints_a_row_per_config_and_the_kd_teacher_share(t
     result = subprocess.run(
         [sys.executable, os.path.join(REPO_ROOT, "tools", "benchmark_train_step.py")]
         + ["--config-file", baseline, str(student), "--height", "96", "--width", "128"]
+        + ["--precision", "fp32", "bf16"]
         + ["--batch", "1", "--persons", "2", "--warmup", "0", "--iters", "1"]
         + opts,
         capture_output=True, text=True, check=True,
@@ -39,17 +40,21 @@ def test_benchmark_train_step_prints_a_row_per_config_and_the_kd_teacher_share(t
     rows = [
         line for line in result.stdout.splitlines() if line.startswith("| ") and "---" not in line
     ]
-    assert rows[0].startswith("| config | depth |") and rows[0].endswith(
+    assert rows[0].startswith("| config | precision | depth |") and rows[0].endswith(
         "teacher forward s median |"
     )
-    first, second = ([c.strip() for c in row.strip("|").split("|")] for row in rows[1:])
-    assert first[0] == baseline and second[0] == str(student)
-    assert first[1:4] == ["R18", "cpu", "16"] and second[1:4] == ["R18", "cpu", "16"]
-    assert float(first[4]) > 0 and first[6] == "1.000"
-    # The second config's ratio is its own median over the first's.
-    assert float(second[6]) == pytest.approx(float(second[4]) / float(first[4]), rel=0.05, abs=0.01)
+    # Every config at every precision (bf16 under CPU autocast), stepped in turns.
+    cells = [[c.strip() for c in row.strip("|").split("|")] for row in rows[1:]]
+    assert [(c[0], c[1]) for c in cells] == [
+        (baseline, "fp32"), (baseline, "bf16"), (str(student), "fp32"), (str(student), "bf16")
+    ]  # fmt: skip
+    first, second = cells[0], cells[2]
+    assert all(c[2:5] == ["R18", "cpu", "16"] for c in cells)
+    assert float(first[5]) > 0 and first[7] == "1.000"
+    # The student's ratio is its own median over the first row's.
+    assert float(second[7]) == pytest.approx(float(second[5]) / float(first[5]), rel=0.05, abs=0.01)
     # Only the KD_det student has a teacher, whose forward pass is timed.
-    assert first[7] == "-" and float(second[7]) > 0
+    assert first[8] == "-" and float(second[8]) > 0
 
 
 def test_benchmark_trains_evaluates_and_prints_one_row_per_config(tmp_path):
@@ -192,3 +197,20 @@ def test_benchmark_inference_rows_per_setting_with_stage_shares(tmp_path):
         assert shares["backbone"] > 0 and shares["res5 detection"] > 0
         # Re-ID on the proposals needs no second res5 pass.
         assert (shares.get("res5 re-ID", 0.0) > 0) == (not on_proposals)
+
+
+def test_gpu_session_script_runs_its_steps_at_toy_sizes_on_cpu(tmp_path):
+    # The script a GPU session runs, end to end on CPU: benchmarks, a training and its evaluation.
+    env = dict(os.environ, OUT=str(tmp_path / "out"), DATASETS=os.path.join(REPO_ROOT, "datasets"))
+    subprocess.run(
+        ["bash", os.path.join(REPO_ROOT, "tools", "gpu_session.sh"), "--tiny"],
+        env=env, check=True, capture_output=True, text=True,
+    )  # fmt: skip
+    out = tmp_path / "out"
+    step = (out / "train_step_R18_96x128.md").read_text()
+    assert "| fp32 |" in step and "| bf16 |" in step
+    inference = (out / "inference_R18_96x128.md").read_text()
+    assert inference.count("oim_R_18_C4_scratch.yaml") == 4  # 2 precisions x re-ID placement
+    table = (out / "train_and_evaluate.md").read_text()
+    row = [line for line in table.splitlines() if line.startswith("| configs/mot15/oim_R_18")]
+    assert len(row) == 1 and row[0].split("|")[2].strip() == "2"  # iterations trained

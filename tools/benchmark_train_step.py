@@ -53,16 +53,23 @@ def synthetic_batch(batch: int, height: int, width: int, persons: int, num_ids: 
     return inputs
 
 
-def build_config(config_file: str, args):
-    """The model, optimizer and batch of one config, ready to step."""
+AUTOCAST_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def build_config(config_file: str, args, precision: str = "fp32"):
+    """The model, optimizer and batch of one config at one precision, ready to step."""
     cfg = get_cfg()
     add_personsearch_config(cfg)
     cfg.merge_from_file(config_file)
     cfg.merge_from_list(args.opts)
     torch.manual_seed(0)
     model = build_model(cfg).train()
+    fp16_on_gpu = precision == "fp16" and model.device.type == "cuda"
     return {
         "config": config_file,
+        "precision": precision,
+        # Mixed precision as detectron2's AMPTrainer: autocast, and a gradient scaler for fp16.
+        "scaler": torch.amp.GradScaler("cuda") if fp16_on_gpu else None,
         "cfg": cfg,
         "model": model,
         "optimizer": torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9),
@@ -82,10 +89,18 @@ def _synchronize(model):
 def train_step(run: dict) -> float:
     """Seconds of one forward + backward + SGD update."""
     start = time.perf_counter()
-    losses = run["model"](run["inputs"])
+    dtype = AUTOCAST_DTYPES[run["precision"]]
+    with torch.autocast(run["model"].device.type, dtype=dtype, enabled=dtype is not None):
+        losses = run["model"](run["inputs"])
     run["optimizer"].zero_grad()
-    sum(losses.values()).backward()
-    run["optimizer"].step()
+    total = sum(losses.values())
+    if run["scaler"] is None:
+        total.backward()
+        run["optimizer"].step()
+    else:
+        run["scaler"].scale(total).backward()
+        run["scaler"].step(run["optimizer"])
+        run["scaler"].update()
     _synchronize(run["model"])
     return time.perf_counter() - start
 
@@ -121,7 +136,7 @@ def time_configs(args) -> list:
     Step the configs in turns (step i of every config, then step i + 1), so that a change in the
     machine's load affects all of them alike and their ratios stay fair.
     """
-    runs = [build_config(f, args) for f in args.config_file]
+    runs = [build_config(f, args, p) for f in args.config_file for p in args.precision]
     device = str(runs[0]["model"].device)
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
@@ -137,6 +152,7 @@ def time_configs(args) -> list:
     return [
         {
             "config": run["config"],
+            "precision": run["precision"],
             "depth": run["cfg"].MODEL.RESNETS.DEPTH,
             "device": torch.cuda.get_device_name() if device.startswith("cuda") else "cpu",
             "rois": run["cfg"].MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE,
@@ -160,6 +176,13 @@ def main():
     parser.add_argument("--persons", type=int, default=6, help="persons per image")
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--iters", type=int, default=3, help="timed steps")
+    parser.add_argument(
+        "--precision",
+        nargs="+",
+        default=["fp32"],
+        choices=list(AUTOCAST_DTYPES),
+        help="autocast precisions, each stepped in turn with every config (fp16: GradScaler)",
+    )
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides")
     args = parser.parse_args()
 
@@ -172,14 +195,14 @@ def main():
         f"{peak_mib:.0f} MiB\n"
     )
     print(
-        "| config | depth | device | ROIs/img | s/step median | s/step min | x first config "
-        "| teacher forward s median |"
+        "| config | precision | depth | device | ROIs/img | s/step median | s/step min "
+        "| x first row | teacher forward s median |"
     )
-    print("|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         teacher = "-" if r["teacher"] is None else f"{r['teacher']:.3f}"
         print(
-            f"| {r['config']} | R{r['depth']} | {r['device']} | {r['rois']} | "
+            f"| {r['config']} | {r['precision']} | R{r['depth']} | {r['device']} | {r['rois']} | "
             f"{r['median']:.3f} | {r['min']:.3f} | {r['ratio']:.3f} | {teacher} |"
         )
 
