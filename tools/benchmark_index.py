@@ -131,7 +131,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.index:
         real = GalleryIndex.load(args.index)
-        datasets = [(os.path.basename(os.path.normpath(args.index)), _all_features(real))]
+        datasets = [(os.path.basename(os.path.normpath(args.index)), real.features())]
     else:
         datasets = [
             (f"synthetic {n}", synthetic_features(n, args.dim, args.seed)) for n in args.sizes
@@ -159,14 +159,6 @@ def main(argv=None):
         all_rows += [(name,) + r for r in rows]
     print(f"(all = {threads} threads)")
     return all_rows
-
-
-def _all_features(index: GalleryIndex) -> np.ndarray:
-    if index.factory != "Flat":
-        raise ValueError(
-            f"--index: its features are read back exactly from Flat only, not {index.factory}"
-        )
-    return np.concatenate([index.index.reconstruct_n(0, index.index.ntotal), index._pending])
 
 
 if __name__ == "__main__":

@@ -70,6 +70,7 @@ class GalleryIndex:
         self.search_params = search_params
         self.train_size = int(train_size)
         self.index = faiss.index_factory(self.dim, factory, faiss.METRIC_INNER_PRODUCT)
+        self._apply_search_params()
         self._pending = np.zeros((0, self.dim), np.float32)
         self._sources: Dict[str, list] = {k: [] for k in _SOURCE_FIELDS}
         self._source_ids: Dict[Tuple[str, int], int] = {}
@@ -142,17 +143,12 @@ class GalleryIndex:
             raise GalleryIndexError(
                 f"merge reads exact features: expected a Flat index, got {other.factory}"
             )
-        records = other.arrays()
-        features = np.concatenate(
-            [other.index.reconstruct_n(0, other.index.ntotal), other._pending]
-        )
-        rows_of = np.argsort(records["source"], kind="stable")
-        bounds = np.searchsorted(records["source"][rows_of], np.arange(other.num_sources + 1))
+        records, features = other.arrays(), other.features()
         for source in range(other.num_sources):
             path, frame = str(records["path"][source]), int(records["frame"][source])
             if self.has_source(path, frame):
                 continue
-            rows = rows_of[bounds[source] : bounds[source + 1]]
+            rows = slice(*other._row_range(source))
             self.add(
                 features[rows],
                 records["box"][rows],
@@ -163,19 +159,31 @@ class GalleryIndex:
                 str(records["camera"][source]),
             )
 
+    def _row_range(self, source: int) -> Tuple[int, int]:
+        """Rows [start, stop) of a source: add() appends each source's rows after the last's."""
+        return tuple(np.searchsorted(self.arrays()["source"], [source, source + 1]).tolist())
+
+    def features(self, start: int = 0, stop: Optional[int] = None) -> np.ndarray:
+        """The features of rows [start, stop), read back exactly (a Flat index only)."""
+        if self.factory != "Flat":
+            raise GalleryIndexError(f"features are read back from a Flat index, not {self.factory}")
+        stop = len(self) if stop is None else stop
+        in_faiss = max(0, min(stop, self.index.ntotal) - start)
+        pending = self._pending[max(start - self.index.ntotal, 0) : stop - self.index.ntotal]
+        return np.concatenate([self.index.reconstruct_n(start, in_faiss), pending])
+
     def source_rows(self, path: str, frame: int = -1) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
         """
         The detections of one source, in the order they were added: features (N, D), boxes
         (N, 4), detection scores (N,). Features are read back exactly from a Flat index only.
         """
-        if self.factory != "Flat":
-            raise GalleryIndexError(f"features are read back from a Flat index, not {self.factory}")
+        start, stop = self._row_range(self._source_ids[(path, int(frame))])
         records = self.arrays()
-        rows = np.flatnonzero(records["source"] == self._source_ids[(path, int(frame))])
-        in_faiss = rows[rows < self.index.ntotal]
-        feats = [self.index.reconstruct_batch(in_faiss)] if len(in_faiss) else []
-        feats.append(self._pending[rows[rows >= self.index.ntotal] - self.index.ntotal])
-        return np.concatenate(feats), records["box"][rows], records["det_score"][rows]
+        return (
+            self.features(start, stop),
+            records["box"][start:stop],
+            records["det_score"][start:stop],
+        )
 
     def has_source(self, path: str, frame: int = -1) -> bool:
         """Whether this image or frame is already in the index (to resume an indexing)."""
@@ -203,14 +211,16 @@ class GalleryIndex:
             self._rows = {k: [v] for k, v in self._cache.items() if k in self._rows}
         return self._cache
 
+    def _apply_search_params(self) -> None:
+        """Set ``search_params`` on the faiss index, once (not per query)."""
+        if self.search_params:
+            _faiss().ParameterSpace().set_index_parameters(self.index, self.search_params)
+
     def _raw_search(self, queries: np.ndarray, k: int) -> Tuple[np.ndarray, np.ndarray]:
         """(Q, k) similarities and row ids, best first (-1 where fewer than k rows)."""
-        faiss = _faiss()
         sims = np.full((len(queries), k), -np.inf, np.float32)
         ids = np.full((len(queries), k), -1, np.int64)
         if self.index.ntotal:
-            if self.search_params:
-                faiss.ParameterSpace().set_index_parameters(self.index, self.search_params)
             found_sims, found_ids = self.index.search(queries, min(k, self.index.ntotal))
             sims[:, : found_sims.shape[1]], ids[:, : found_ids.shape[1]] = found_sims, found_ids
         if len(self._pending):  # not trained yet: the buffered rows, exactly
@@ -371,6 +381,7 @@ class GalleryIndex:
         index.train_size = int(header["train_size"])
         try:
             index.index = faiss.read_index(os.path.join(directory, "index.faiss"))
+            index._apply_search_params()
             with np.load(os.path.join(directory, "records.npz"), allow_pickle=False) as arrays:
                 records = {k: arrays[k] for k in arrays.files}
             pending_file = os.path.join(directory, "pending.npy")
