@@ -1,7 +1,7 @@
 # Copyright (c) personsearch_kd contributors. Licensed under the Apache License 2.0.
 from detectron2.config import CfgNode as CN
 
-__all__ = ["add_personsearch_config", "add_teacher", "student_config"]
+__all__ = ["add_personsearch_config", "add_teacher", "load_config", "student_config"]
 
 
 def add_personsearch_config(cfg):
@@ -159,9 +159,29 @@ def add_personsearch_config(cfg):
     # index_factory string with inner product, "Flat" (exact) or e.g. "HNSW32", "IVF4096,PQ32";
     # faiss search parameters ("nprobe=32", "efSearch=128"; "" = faiss's defaults); and, for
     # types that need training (IVF, PQ), the boxes buffered (searched exactly) before training.
+    # Measured recommendations by gallery size: docs/search.md.
     _C.GALLERY_INDEX.FACTORY = "Flat"
     _C.GALLERY_INDEX.SEARCH_PARAMS = ""
     _C.GALLERY_INDEX.TRAIN_SIZE = 100000
+    # Build and search the index on every GPU where faiss's GPU build is installed and the index
+    # type has a GPU version (Flat, IVF); otherwise, and with False, on the CPU.
+    _C.GALLERY_INDEX.GPU = True
+
+
+def load_config(config_file: str, opts=(), freeze: bool = True):
+    """
+    A detectron2 config with this project's keys: the defaults, then ``config_file``, then the
+    KEY VALUE ``opts`` (e.g. a tool's trailing command-line arguments); frozen unless asked not.
+    """
+    from detectron2.config import get_cfg
+
+    cfg = get_cfg()
+    add_personsearch_config(cfg)
+    cfg.merge_from_file(config_file)
+    cfg.merge_from_list(list(opts))
+    if freeze:
+        cfg.freeze()
+    return cfg
 
 
 def add_teacher(cfg, name: str, kind: str, weights: str, config_file: str = "", opts=()):

@@ -167,3 +167,74 @@ def test_videos_frames_are_sources_of_their_own():
     (matches,) = index.search(feats[1], MODEL, topk=3)
     assert [m["frame"] for m in matches][0] == 1 and len(matches) == 3
     assert matches[0]["time"] == pytest.approx(0.04) and not math.isnan(matches[0]["time"])
+
+
+def test_add_sources_equals_one_add_per_source_and_buffers_until_train_size():
+    rng = np.random.default_rng(7)
+    gallery = _gallery(rng, sources=30, per_source=3)
+    one_by_one = _filled(gallery, factory="IVF2,Flat", search_params="nprobe=2", train_size=60)
+    bulk = GalleryIndex(DIM, MODEL, "IVF2,Flat", "nprobe=2", train_size=60)
+    for trained, part in ((False, gallery[:10]), (True, gallery[10:])):  # 30 rows, then 90
+        paths, cameras, times, feats, boxes, scores = zip(*part)
+        bulk.add_sources(np.concatenate(feats), np.concatenate(boxes), np.concatenate(scores),
+                         [len(f) for f in feats], paths, times=times, cameras=cameras)  # fmt: skip
+        assert bulk.index.is_trained == trained
+    for key, value in one_by_one.arrays().items():
+        assert np.array_equal(bulk.arrays()[key], value), key
+    queries = _unit(rng, 4)
+    assert bulk.search(queries, MODEL) == one_by_one.search(queries, MODEL)
+    # An image with no detection is still a finished source; a repeated one is refused.
+    bulk.add_sources(np.zeros((0, DIM)), np.zeros((0, 4)), [], [0], ["empty.jpg"])
+    assert bulk.has_source("empty.jpg") and bulk.num_sources == 31
+    with pytest.raises(ValueError, match="img_003.jpg \\(frame -1\\) is already in the index"):
+        bulk.add(gallery[3][3], gallery[3][4], gallery[3][5], "img_003.jpg")
+    with pytest.raises(ValueError, match="counts sum to 2 rows, but 3 features"):
+        bulk.add_sources(_unit(rng, 3), np.zeros((3, 4)), np.ones(3), [2], ["a.jpg"])
+    with pytest.raises(ValueError, match="a source is given twice"):
+        bulk.add_sources(_unit(rng, 2), np.zeros((2, 4)), np.ones(2), [1, 1], ["b.jpg", "b.jpg"])
+
+
+def test_train_moves_a_small_buffer_into_the_index_and_search_params_can_change(tmp_path):
+    rng = np.random.default_rng(8)
+    gallery = _gallery(rng, sources=20, per_source=3)
+    ivf = _filled(gallery, factory="IVF4,Flat", search_params="nprobe=1", train_size=10_000)
+    assert not ivf.index.is_trained and len(ivf) == 60
+    ivf.train()
+    assert ivf.index.is_trained and ivf.index.ntotal == 60 and len(ivf) == 60
+    queries = _unit(rng, 5)
+    ivf.set_search_params("nprobe=4")  # every list: exact
+    assert ivf.search(queries, MODEL) == _filled(gallery).search(queries, MODEL)
+    ivf.save(str(tmp_path / "ivf"))
+    assert GalleryIndex.load(str(tmp_path / "ivf")).search_params == "nprobe=4"
+    with pytest.raises(GalleryIndexError, match="'efSearch=8' do not apply to a IVF4,Flat index"):
+        ivf.set_search_params("efSearch=8")
+    header_file = tmp_path / "ivf" / "index.json"
+    header = json.loads(header_file.read_text())
+    header_file.write_text(json.dumps(dict(header, search_params="x=1")))
+    with pytest.raises(GalleryIndexError, match="index.json: search parameters 'x=1'"):
+        GalleryIndex.load(str(tmp_path / "ivf"))
+
+
+def test_to_gpus_stays_on_the_cpu_without_a_gpu_and_saves_a_cpu_index_from_one(
+    tmp_path, monkeypatch
+):
+    import faiss
+
+    rng = np.random.default_rng(9)
+    gallery = _gallery(rng, sources=5)
+    index = _filled(gallery)
+    if faiss.get_num_gpus() == 0:  # faiss-cpu, or no GPU: nothing moves, search still works
+        assert index.to_gpus() is False and not index.on_gpus
+        assert len(index.search(_unit(rng, 1), MODEL)[0]) == 5
+    # A GPU build (faked: the same index stands for its GPU copy): moved once, searched there,
+    # saved as a CPU index that loads back.
+    moved, copied_back = [], []
+    monkeypatch.setattr(faiss, "get_num_gpus", lambda: 1)
+    monkeypatch.setattr(faiss, "index_cpu_to_all_gpus", lambda i: moved.append(i) or i)
+    copy_back = lambda i: copied_back.append(i) or i  # noqa: E731
+    monkeypatch.setattr(faiss, "index_gpu_to_cpu", copy_back, raising=False)
+    index = _filled(gallery)
+    assert index.to_gpus() is True and index.to_gpus() is True and len(moved) == 1
+    index.save(str(tmp_path / "idx"))
+    assert copied_back == moved
+    assert GalleryIndex.load(str(tmp_path / "idx")).search(_unit(rng, 1), MODEL)

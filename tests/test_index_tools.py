@@ -4,6 +4,8 @@
 import json
 import os
 import shutil
+import subprocess
+import sys
 
 import pytest
 
@@ -85,6 +87,11 @@ def test_index_a_video_and_a_folder_then_search_it(gallery, tmp_path):
          "--time-range", "0", "1", "--json", *gallery["opts"]]
     )  # fmt: skip
     assert {m["frame"] for m in only_video} == {0, 2, 4}
+    with pytest.raises(GalleryIndexError, match="'nprobe=4' do not apply to a Flat index"):
+        load_tool("search").main(
+            ["--config-file", gallery["config"], "--index", output, "--query-image", image,
+             "--search-params", "nprobe=4", *gallery["opts"]]
+        )  # fmt: skip
 
     # Queries of another model are refused.
     other = tiny_cfg(18)
@@ -128,3 +135,32 @@ def test_an_interrupted_indexing_resumes_without_redoing_finished_images(
     _index(gallery, output)
     assert calls["n"] == 0 and len(GalleryIndex.load(output)) == len(fresh)
     assert json.loads(open(os.path.join(output, "index.json")).read())["num_sources"] == 5
+
+
+def test_two_processes_index_the_same_gallery_as_one(gallery, tmp_path):
+    """detectron2's launcher (gloo on CPU): each process indexes every other source, then merge."""
+    one, two = str(tmp_path / "one"), str(tmp_path / "two")
+    _index(gallery, one)
+    command = [sys.executable, os.path.join(REPO_ROOT, "tools", "index_gallery.py"),
+               "--config-file", gallery["config"], "--input", gallery["video"], gallery["folder"],
+               "--every", "2", "--camera", "cam1", "--output", two, "--num-gpus", "2",
+               *gallery["opts"]]  # fmt: skip
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "shared by 2 processes" in result.stdout + result.stderr
+    assert not os.path.exists(os.path.join(two, "shards"))
+
+    def by_source(index):
+        records = index.arrays()
+        rows = {}
+        for path, frame in zip(records["path"], records["frame"]):
+            rows[(str(path), int(frame))] = index.source_rows(str(path), int(frame))
+        return rows
+
+    single, double = by_source(GalleryIndex.load(one)), by_source(GalleryIndex.load(two))
+    assert sorted(single) == sorted(double) and len(single) == 5
+    for key, (features, boxes, scores) in single.items():
+        assert np.allclose(double[key][0], features, atol=1e-4), key
+        assert np.allclose(double[key][1], boxes, atol=1e-3), key
+        assert np.allclose(double[key][2], scores, atol=1e-4), key

@@ -36,15 +36,9 @@ TOOLS = os.path.dirname(os.path.abspath(__file__))
 
 
 def load_cfg(config_file, opts):
-    from detectron2.config import get_cfg
+    from personsearch_kd import load_config
 
-    from personsearch_kd import add_personsearch_config
-
-    cfg = get_cfg()
-    add_personsearch_config(cfg)
-    cfg.merge_from_file(config_file)
-    cfg.merge_from_list(opts)
-    return cfg
+    return load_config(config_file, opts, freeze=False)
 
 
 def config_digest(cfg) -> str:

@@ -22,10 +22,9 @@ from collections import defaultdict
 import torch
 
 from detectron2.checkpoint import DetectionCheckpointer
-from detectron2.config import get_cfg
 from detectron2.modeling import build_model
 
-from personsearch_kd import add_personsearch_config, student_config
+from personsearch_kd import load_config, student_config
 from personsearch_kd.engine.hooks import peak_memory_gb
 
 PRECISIONS = ("fp32", "bf16", "fp16")
@@ -82,10 +81,7 @@ class StageTimer:
 
 
 def _model(config_file, opts, reid_on_proposals):
-    cfg = get_cfg()
-    add_personsearch_config(cfg)
-    cfg.merge_from_file(config_file)
-    cfg.merge_from_list(opts)
+    cfg = load_config(config_file, opts, freeze=False)
     cfg.TEST.PERSON_SEARCH.REID_ON_PROPOSALS = bool(reid_on_proposals)
     cfg = student_config(cfg)
     model = build_model(cfg).eval()

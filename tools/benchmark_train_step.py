@@ -22,12 +22,11 @@ import time
 
 import torch
 
-from detectron2.config import get_cfg
 from detectron2.modeling import build_model
 from detectron2.structures import Boxes, Instances
 from detectron2.utils.events import EventStorage
 
-from personsearch_kd import add_personsearch_config
+from personsearch_kd import load_config
 from personsearch_kd.engine import peak_memory_gb
 from personsearch_kd.distillation import DetectorTeacher
 from personsearch_kd.modeling import StudentRecord
@@ -58,10 +57,7 @@ AUTOCAST_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 def build_config(config_file: str, args, precision: str = "fp32"):
     """The model, optimizer and batch of one config at one precision, ready to step."""
-    cfg = get_cfg()
-    add_personsearch_config(cfg)
-    cfg.merge_from_file(config_file)
-    cfg.merge_from_list(args.opts)
+    cfg = load_config(config_file, args.opts, freeze=False)
     torch.manual_seed(0)
     model = build_model(cfg).train()
     fp16_on_gpu = precision == "fp16" and model.device.type == "cuda"

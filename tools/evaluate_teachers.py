@@ -12,11 +12,10 @@ ground-truth boxes: one Markdown row per teacher alone and one for their plain e
 
 import argparse
 
-from detectron2.config import get_cfg
 from detectron2.data import DatasetMapper, build_detection_test_loader
 from detectron2.evaluation import inference_on_dataset
 
-from personsearch_kd import add_personsearch_config
+from personsearch_kd import load_config
 from personsearch_kd.distillation import CropReIDTeacher, build_teachers
 from personsearch_kd.evaluation import CropReIDEnsemble, GroundTruthBoxes, PersonSearchEvaluator
 
@@ -54,10 +53,7 @@ def main(argv=None):
     parser.add_argument("--config-file", required=True, help="a config with crop teachers")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides")
     args = parser.parse_args(argv)
-    cfg = get_cfg()
-    add_personsearch_config(cfg)
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts)
+    cfg = load_config(args.config_file, args.opts, freeze=False)
     rows = evaluate(cfg)
     print("| dataset | teacher | view (top, bottom) | mAP | top-1 |")
     print("|---|---|---|---|---|")

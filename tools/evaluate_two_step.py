@@ -15,20 +15,16 @@ Two-step person search: a detector's boxes (e.g. DET_18 / DET_50), then a re-ID 
 import argparse
 
 from detectron2.checkpoint import DetectionCheckpointer
-from detectron2.config import get_cfg
 from detectron2.data import build_detection_test_loader
 from detectron2.evaluation import inference_on_dataset
 from detectron2.modeling import build_model
 
-from personsearch_kd import add_personsearch_config, student_config
+from personsearch_kd import load_config, student_config
 from personsearch_kd.evaluation import PersonSearchEvaluator, TwoStepSearch
 
 
 def _model(config_file, weights, opts=()):
-    cfg = get_cfg()
-    add_personsearch_config(cfg)
-    cfg.merge_from_file(config_file)
-    cfg.merge_from_list(list(opts))
+    cfg = load_config(config_file, opts, freeze=False)
     model = build_model(student_config(cfg)).eval()
     DetectionCheckpointer(model).load(weights)
     return cfg, model

@@ -19,14 +19,13 @@ import argparse
 import logging
 
 from detectron2.checkpoint import DetectionCheckpointer
-from detectron2.config import get_cfg
 from detectron2.data import DatasetCatalog
 from detectron2.engine import launch
 from detectron2.modeling import build_model
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
-from personsearch_kd import add_personsearch_config, student_config
+from personsearch_kd import load_config, student_config
 from personsearch_kd.engine.teacher_lut import (
     OIM_LUT_KEY,
     labeled_box_queries,
@@ -66,10 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def teacher_config(args):
-    cfg = get_cfg()
-    add_personsearch_config(cfg)
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts)
+    cfg = load_config(args.config_file, args.opts, freeze=False)
     cfg.MODEL.WEIGHTS = args.weights
     cfg.freeze()
     return cfg

@@ -21,13 +21,12 @@ import logging
 import os
 import shutil
 
-from detectron2.config import get_cfg
 from detectron2.engine import launch
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 from tqdm import tqdm
 
-from personsearch_kd import add_personsearch_config
+from personsearch_kd import load_config
 from personsearch_kd.engine import PersonSearchPredictor
 from personsearch_kd.search import (
     GalleryIndex,
@@ -58,15 +57,6 @@ def build_parser():
     return parser
 
 
-def _config(args):
-    cfg = get_cfg()
-    add_personsearch_config(cfg)
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts)
-    cfg.freeze()
-    return cfg
-
-
 def _open(directory, model, dim, cfg, factory=None):
     """The index in ``directory`` if there is one (it must be of ``model``), else a new one."""
     if os.path.isfile(os.path.join(directory, "index.json")):
@@ -84,7 +74,7 @@ def _open(directory, model, dim, cfg, factory=None):
 def index_shard(args) -> None:
     """One process's share of the sources into its exact shard, then the merge on the main one."""
     setup_logger(name="personsearch_kd", distributed_rank=comm.get_rank())
-    cfg = _config(args)
+    cfg = load_config(args.config_file, args.opts)
     files = expand_inputs(args.input)
     rank, world = comm.get_rank(), comm.get_world_size()
     model = model_fingerprint(cfg)
@@ -104,6 +94,7 @@ def index_shard(args) -> None:
         return mine and not done
 
     total = count_sources(files, args.every)
+    logger.info(f"{total} images and frames, shared by {world} processes")
     thresh = cfg.TEST.PERSON_SEARCH.SEARCH_SCORE_THRESH
     finished = shard.num_sources + (final.num_sources if final is not None else 0) // world
     progress = tqdm(
@@ -133,6 +124,8 @@ def index_shard(args) -> None:
     if not comm.is_main_process():
         return
     final = _open(args.output, model, dim, cfg)
+    if cfg.GALLERY_INDEX.GPU:
+        final.to_gpus()  # training and adding an IVF index is where a GPU pays
     for name in sorted(os.listdir(os.path.join(args.output, "shards"))):
         final.merge(GalleryIndex.load(os.path.join(args.output, "shards", name), model))
     final.save(args.output)

@@ -18,9 +18,8 @@ import os
 import cv2
 from tabulate import tabulate
 
-from detectron2.config import get_cfg
 
-from personsearch_kd import add_personsearch_config
+from personsearch_kd import load_config
 from personsearch_kd.engine import PersonSearchPredictor
 from personsearch_kd.search import GalleryIndex, model_fingerprint
 from personsearch_kd.utils import draw_ranked_matches
@@ -42,6 +41,9 @@ def build_parser():
     parser.add_argument("--all-boxes", action="store_true", help="several matches per image")
     parser.add_argument("--camera", nargs="+", help="only these cameras")
     parser.add_argument("--time-range", nargs=2, type=float, metavar=("START", "END"))
+    parser.add_argument(
+        "--search-params", default="", help='faiss parameters for this search, e.g. "nprobe=64"'
+    )
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     parser.add_argument("--output", help="draw the ranked matches into this picture")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides")
@@ -71,13 +73,12 @@ def _caption(match):
 
 
 def search(args):
-    cfg = get_cfg()
-    add_personsearch_config(cfg)
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts)
-    cfg.freeze()
+    cfg = load_config(args.config_file, args.opts)
     model = model_fingerprint(cfg)
     index = GalleryIndex.load(args.index, model)
+    if cfg.GALLERY_INDEX.GPU:
+        index.to_gpus()
+    index.set_search_params(args.search_params)
     query_image = cv2.imread(args.query_image, cv2.IMREAD_COLOR)
     if query_image is None:
         raise FileNotFoundError(f"--query-image {args.query_image}: cannot be read")

@@ -14,11 +14,10 @@ import os
 
 import cv2
 
-from detectron2.config import get_cfg
 from detectron2.data.detection_utils import read_image
 from tabulate import tabulate
 
-from personsearch_kd import add_personsearch_config
+from personsearch_kd import load_config
 from personsearch_kd.engine import PersonSearchPredictor
 from personsearch_kd.utils import draw_ranked_matches
 
@@ -54,11 +53,7 @@ def gallery_images(folder: str):
 
 
 def main(args):
-    cfg = get_cfg()
-    add_personsearch_config(cfg)
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts)
-    cfg.freeze()
+    cfg = load_config(args.config_file, args.opts)
     query_image = read_image(args.query_image, format="BGR")
     height, width = query_image.shape[:2]
     x0, y0, x1, y1 = args.query_box

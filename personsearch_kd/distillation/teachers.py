@@ -14,13 +14,13 @@ import torch
 from torch import nn
 
 from detectron2.checkpoint import DetectionCheckpointer
-from detectron2.config import CfgNode, configurable, get_cfg
+from detectron2.config import CfgNode, configurable
 from detectron2.modeling import GeneralizedRCNN, build_model
 from detectron2.modeling.proposal_generator import RPN
 from detectron2.structures import Boxes, ImageList
 from detectron2.utils.registry import Registry
 
-from ..config import add_personsearch_config
+from ..config import load_config
 from ..layers.lut_file import check_lut_file, load_lut_file
 from ..modeling.crop_reid import CropReIDNet
 from ..modeling.predictions import box_head_predictions, rpn_predictions
@@ -74,10 +74,7 @@ def _build_frozen_model(cfg, name: str, spec: CfgNode, expected: str, check) -> 
     config_file, weights = spec.CONFIG_FILE, spec.WEIGHTS
     if not os.path.isfile(config_file):
         raise FileNotFoundError(f"{key}.CONFIG_FILE={config_file!r}: expected {expected}'s config")
-    teacher_cfg = get_cfg()
-    add_personsearch_config(teacher_cfg)
-    teacher_cfg.merge_from_file(config_file)
-    teacher_cfg.merge_from_list(list(spec.OPTS))
+    teacher_cfg = load_config(config_file, spec.OPTS, freeze=False)
     teacher_cfg.MODEL.DEVICE = cfg.MODEL.DEVICE
     model = build_model(teacher_cfg)
     if not check(model):

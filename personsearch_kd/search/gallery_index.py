@@ -2,38 +2,19 @@
 """
 A persistent gallery index: every detection of every gallery image (or video frame) with its
 L2-normalised re-ID feature, box, detection score and source, searched by inner product (cosine)
-with faiss. Pure numpy + faiss: no detectron2 import.
-
-One directory holds it: ``index.faiss`` (faiss's own format), ``records.npz`` (the metadata as
-plain arrays, loaded without pickle), ``index.json`` (format version, feature size, index type,
-the model it was built with, the finished sources) and, while a trained index type has not seen
-enough boxes to be trained, ``pending.npy`` (those boxes' features).
+with faiss. Pure numpy + faiss: no detectron2 import. Its files: :mod:`.index_files`.
 """
 
-import json
 import math
-import os
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from .index_files import GalleryIndexError, _faiss, read_index_files, write_index_files
+
 __all__ = ["GalleryIndex", "GalleryIndexError"]
 
-FORMAT_VERSION = 1
-_FILES = ("index.json", "records.npz", "index.faiss")
 _SOURCE_FIELDS = ("path", "frame", "time", "camera")
-
-
-class GalleryIndexError(ValueError):
-    """A gallery index that cannot be used: corrupt, of another format, model or feature size."""
-
-
-def _faiss():
-    try:
-        import faiss
-    except ImportError as e:  # pragma: no cover - faiss-cpu is a dependency
-        raise ImportError("the gallery index needs faiss: pip install faiss-cpu") from e
-    return faiss
 
 
 class GalleryIndex:
@@ -67,18 +48,20 @@ class GalleryIndex:
         self.dim = int(dim)
         self.model = dict(model)
         self.factory = factory
-        self.search_params = search_params
+        self.search_params = ""
         self.train_size = int(train_size)
         self.index = faiss.index_factory(self.dim, factory, faiss.METRIC_INNER_PRODUCT)
-        self._apply_search_params()
-        self._pending = np.zeros((0, self.dim), np.float32)
+        self.on_gpus = False
+        self.set_search_params(search_params)
+        self._pending_parts: List[np.ndarray] = []  # chunks: buffering stays linear in rows
+        self._num_pending = 0
         self._sources: Dict[str, list] = {k: [] for k in _SOURCE_FIELDS}
         self._source_ids: Dict[Tuple[str, int], int] = {}
         self._rows: Dict[str, List[np.ndarray]] = {"source": [], "box": [], "det_score": []}
         self._cache: Optional[Dict[str, np.ndarray]] = None
 
     def __len__(self) -> int:
-        return self.index.ntotal + len(self._pending)
+        return self.index.ntotal + self._num_pending
 
     @property
     def num_sources(self) -> int:
@@ -106,28 +89,82 @@ class GalleryIndex:
             frame, time: the frame index and its time in seconds in a video (-1, NaN for images).
             camera: the camera id, "" when unknown.
         """
+        self.add_sources(features, boxes, det_scores, [len(features)], [path], [frame], [time],
+                         [camera])  # fmt: skip
+
+    def add_sources(
+        self,
+        features: np.ndarray,
+        boxes: np.ndarray,
+        det_scores: np.ndarray,
+        counts: Sequence[int],
+        paths: Sequence[str],
+        frames: Optional[Sequence[int]] = None,
+        times: Optional[Sequence[float]] = None,
+        cameras: Optional[Sequence[str]] = None,
+    ) -> None:
+        """
+        :meth:`add` for many sources at once (one faiss call: merging shards, bulk imports).
+        The N rows are grouped by source in order, ``counts[i]`` of them for ``paths[i]``;
+        ``frames``, ``times``, ``cameras`` default to -1, NaN and "" per source.
+        """
         features = np.ascontiguousarray(features, np.float32).reshape(-1, self.dim)
-        n = len(features)
+        n, num = len(features), len(paths)
+        frames = [-1] * num if frames is None else [int(f) for f in frames]
+        times = [math.nan] * num if times is None else [float(t) for t in times]
+        cameras = [""] * num if cameras is None else [str(c) for c in cameras]
+        counts = np.asarray(counts, np.int64)
+        if not len(counts) == len(frames) == len(times) == len(cameras) == num:
+            raise ValueError(f"counts, paths, frames, times, cameras: expected {num} of each")
+        if counts.sum() != n:
+            raise ValueError(f"counts sum to {counts.sum()} rows, but {n} features were given")
         if n and not np.allclose(np.linalg.norm(features, axis=1), 1.0, atol=1e-3):
-            raise ValueError(f"{path}: gallery features must be L2-normalised")
-        if self.has_source(path, frame):
-            raise ValueError(f"{path} (frame {frame}) is already in the index")
-        source = self.num_sources
-        self._source_ids[(path, int(frame))] = source
-        for key, value in zip(_SOURCE_FIELDS, (path, int(frame), float(time), camera)):
-            self._sources[key].append(value)
-        self._rows["source"].append(np.full(n, source, np.int64))
+            raise ValueError(f"{paths[0]}...: gallery features must be L2-normalised")
+        keys = [(str(p), f) for p, f in zip(paths, frames)]
+        for path, frame in keys:
+            if self.has_source(path, frame):
+                raise ValueError(f"{path} (frame {frame}) is already in the index")
+        if len(set(keys)) != num:
+            raise ValueError("a source is given twice")
+        first = self.num_sources
+        self._source_ids.update({key: first + i for i, key in enumerate(keys)})
+        for field, values in zip(_SOURCE_FIELDS, ([k[0] for k in keys], frames, times, cameras)):
+            self._sources[field].extend(values)
+        self._rows["source"].append(np.repeat(np.arange(first, first + num), counts))
         self._rows["box"].append(np.asarray(boxes, np.float32).reshape(n, 4))
         self._rows["det_score"].append(np.asarray(det_scores, np.float32).reshape(n))
         self._cache = None
-        if self.index.is_trained and len(self._pending) == 0:
+        self._add_features(features)
+
+    def _add_features(self, features: np.ndarray) -> None:
+        if self.index.is_trained and not self._num_pending:
             self.index.add(features)
             return
-        self._pending = np.concatenate([self._pending, features])
-        if len(self._pending) >= self.train_size:
-            self.index.train(self._pending)
-            self.index.add(self._pending)
-            self._pending = self._pending[:0]
+        self._pending_parts.append(features)
+        self._num_pending += len(features)
+        if self._num_pending >= self.train_size:
+            self.train()
+
+    def train(self) -> None:
+        """
+        Train the index on the buffered rows now, however many (add() does it on reaching
+        ``train_size``); they move from exact search to the index. An IVF index needs at least
+        as many rows as lists.
+        """
+        pending = self._pending
+        if len(pending):
+            self.index.train(pending)
+            self.index.add(pending)
+        self._pending_parts, self._num_pending = [], 0
+
+    @property
+    def _pending(self) -> np.ndarray:
+        """(P, D): the rows buffered until the index is trained (searched exactly meanwhile)."""
+        if not self._num_pending:
+            return np.zeros((0, self.dim), np.float32)
+        if len(self._pending_parts) > 1:
+            self._pending_parts = [np.concatenate(self._pending_parts)]
+        return self._pending_parts[0]
 
     def merge(self, other: "GalleryIndex") -> None:
         """
@@ -143,25 +180,20 @@ class GalleryIndex:
             raise GalleryIndexError(
                 f"merge reads exact features: expected a Flat index, got {other.factory}"
             )
-        records, features = other.arrays(), other.features()
-        for source in range(other.num_sources):
-            path, frame = str(records["path"][source]), int(records["frame"][source])
-            if self.has_source(path, frame):
-                continue
-            rows = slice(*other._row_range(source))
-            self.add(
-                features[rows],
-                records["box"][rows],
-                records["det_score"][rows],
-                path,
-                frame,
-                float(records["time"][source]),
-                str(records["camera"][source]),
-            )
-
-    def _row_range(self, source: int) -> Tuple[int, int]:
-        """Rows [start, stop) of a source: add() appends each source's rows after the last's."""
-        return tuple(np.searchsorted(self.arrays()["source"], [source, source + 1]).tolist())
+        records = other.arrays()
+        missing = [
+            source
+            for source, (path, frame) in enumerate(zip(records["path"], records["frame"]))
+            if not self.has_source(str(path), int(frame))
+        ]
+        rows = np.isin(records["source"], missing)
+        self.add_sources(
+            other.features()[rows],
+            records["box"][rows],
+            records["det_score"][rows],
+            np.bincount(records["source"], minlength=other.num_sources)[missing],
+            *(records[k][missing].tolist() for k in _SOURCE_FIELDS),
+        )
 
     def features(self, start: int = 0, stop: Optional[int] = None) -> np.ndarray:
         """The features of rows [start, stop), read back exactly (a Flat index only)."""
@@ -177,8 +209,9 @@ class GalleryIndex:
         The detections of one source, in the order they were added: features (N, D), boxes
         (N, 4), detection scores (N,). Features are read back exactly from a Flat index only.
         """
-        start, stop = self._row_range(self._source_ids[(path, int(frame))])
-        records = self.arrays()
+        source, records = self._source_ids[(path, int(frame))], self.arrays()
+        # add() appends each source's rows after the last's: the row->source array is sorted.
+        start, stop = np.searchsorted(records["source"], [source, source + 1]).tolist()
         return (
             self.features(start, stop),
             records["box"][start:stop],
@@ -211,10 +244,22 @@ class GalleryIndex:
             self._rows = {k: [v] for k, v in self._cache.items() if k in self._rows}
         return self._cache
 
-    def _apply_search_params(self) -> None:
-        """Set ``search_params`` on the faiss index, once (not per query)."""
-        if self.search_params:
-            _faiss().ParameterSpace().set_index_parameters(self.index, self.search_params)
+    def set_search_params(self, search_params: str) -> None:
+        """
+        Set faiss search parameters for the searches that follow (once, not per query), e.g.
+        "nprobe=64" or "efSearch=128"; "" keeps the current ones.
+        """
+        if search_params:
+            faiss = _faiss()
+            space = faiss.GpuParameterSpace() if self.on_gpus else faiss.ParameterSpace()
+            try:
+                space.set_index_parameters(self.index, search_params)
+            except RuntimeError as e:
+                raise GalleryIndexError(
+                    f"search parameters {search_params!r} do not apply to a {self.factory} "
+                    f"index ({str(e).rsplit(':', 1)[-1].strip()})"
+                ) from e
+        self.search_params = search_params or self.search_params
 
     def _raw_search(self, queries: np.ndarray, k: int) -> Tuple[np.ndarray, np.ndarray]:
         """(Q, k) similarities and row ids, best first (-1 where fewer than k rows)."""
@@ -223,7 +268,7 @@ class GalleryIndex:
         if self.index.ntotal:
             found_sims, found_ids = self.index.search(queries, min(k, self.index.ntotal))
             sims[:, : found_sims.shape[1]], ids[:, : found_ids.shape[1]] = found_sims, found_ids
-        if len(self._pending):  # not trained yet: the buffered rows, exactly
+        if self._num_pending:  # not trained yet: the buffered rows, exactly
             pending_sims = queries @ self._pending.T
             pending_ids = np.arange(len(self._pending)) + self.index.ntotal
             all_sims = np.concatenate([sims, pending_sims], axis=1)
@@ -311,10 +356,7 @@ class GalleryIndex:
 
     def save(self, directory: str) -> None:
         """Write the index to ``directory`` (created); each file is replaced atomically."""
-        faiss = _faiss()
-        os.makedirs(directory, exist_ok=True)
         header = {
-            "format_version": FORMAT_VERSION,
             "dim": self.dim,
             "count": len(self),
             "num_sources": self.num_sources,
@@ -323,30 +365,25 @@ class GalleryIndex:
             "train_size": self.train_size,
             "model": self.model,
         }
+        faiss_index = _faiss().index_gpu_to_cpu(self.index) if self.on_gpus else self.index
+        write_index_files(directory, header, faiss_index, self.arrays(), self._pending)
 
-        def write_npz(f):
-            with open(f, "wb") as out:
-                np.savez(out, **self.arrays())
-
-        def write_npy(f):
-            with open(f, "wb") as out:
-                np.save(out, self._pending)
-
-        def write_json(f):
-            with open(f, "w") as out:
-                json.dump(header, out, indent=1)
-
-        writes = {
-            "index.faiss": lambda f: faiss.write_index(self.index, f),
-            "records.npz": write_npz,
-            "pending.npy": write_npy,
-            # Last: a directory whose header is in place holds consistent files.
-            "index.json": write_json,
-        }
-        for name, write in writes.items():
-            target = os.path.join(directory, name)
-            write(target + ".tmp")
-            os.replace(target + ".tmp", target)
+    def to_gpus(self) -> bool:
+        """
+        Move the faiss index onto every GPU (faiss's GPU build; Flat and IVF types) for the adds
+        and searches that follow; save() still writes a CPU index. False, and the index stays
+        on the CPU, where faiss has no GPU or the index type has no GPU version (HNSW).
+        """
+        faiss = _faiss()
+        if self.on_gpus or not hasattr(faiss, "index_cpu_to_all_gpus") or not faiss.get_num_gpus():
+            return self.on_gpus
+        try:
+            self.index = faiss.index_cpu_to_all_gpus(self.index)
+        except RuntimeError:  # no GPU version of this index type
+            return False
+        self.on_gpus = True
+        self.set_search_params(self.search_params)  # GPU indexes take their own parameters
+        return True
 
     @classmethod
     def load(cls, directory: str, model: Optional[Dict[str, str]] = None) -> "GalleryIndex":
@@ -355,50 +392,29 @@ class GalleryIndex:
         Fails with :class:`GalleryIndexError` naming the file on a missing, corrupt or
         mismatched part.
         """
-        faiss = _faiss()
-        for name in _FILES:
-            if not os.path.isfile(os.path.join(directory, name)):
-                raise GalleryIndexError(
-                    f"{os.path.join(directory, name)}: missing; not a gallery index"
-                )
-        header_file = os.path.join(directory, "index.json")
-        try:
-            with open(header_file) as f:
-                header = json.load(f)
-            dim, count = int(header["dim"]), int(header["count"])
-            version, num_sources = header["format_version"], int(header["num_sources"])
-        except (ValueError, KeyError, TypeError) as e:
-            raise GalleryIndexError(f"{header_file}: not a gallery index header ({e})") from e
-        if version != FORMAT_VERSION:
-            raise GalleryIndexError(
-                f"{header_file}: format_version {version}, expected {FORMAT_VERSION}"
-            )
+        header, faiss_index, records, pending = read_index_files(directory)
+        dim, count, num_sources = header["dim"], header["count"], header["num_sources"]
         if model is not None and dict(model) != header["model"]:
             raise GalleryIndexError(
-                f"{header_file}: built with model {header['model']}, not the given {model}"
+                f"{directory}: built with model {header['model']}, not the given {model}"
             )
-        index = cls(dim, header["model"], header["factory"], header["search_params"])
-        index.train_size = int(header["train_size"])
-        try:
-            index.index = faiss.read_index(os.path.join(directory, "index.faiss"))
-            index._apply_search_params()
-            with np.load(os.path.join(directory, "records.npz"), allow_pickle=False) as arrays:
-                records = {k: arrays[k] for k in arrays.files}
-            pending_file = os.path.join(directory, "pending.npy")
-            if os.path.isfile(pending_file):
-                index._pending = np.load(pending_file, allow_pickle=False).astype(np.float32)
-        except (RuntimeError, ValueError, OSError, KeyError) as e:
-            raise GalleryIndexError(f"{directory}: corrupt gallery index ({e})") from e
         expected = {**{k: num_sources for k in _SOURCE_FIELDS}, "source": count, "box": count}
         expected["det_score"] = count
         sizes = {k: len(v) for k, v in records.items()}
-        faiss_rows = index.index.ntotal + len(index._pending)
-        if index.index.d != dim or sizes != expected or faiss_rows != count:
+        faiss_rows = faiss_index.ntotal + len(pending)
+        if faiss_index.d != dim or sizes != expected or faiss_rows != count:
             raise GalleryIndexError(
                 f"{directory}: inconsistent gallery index: header dim {dim}, {count} rows of "
-                f"{num_sources} sources; faiss dim {index.index.d}, {faiss_rows} rows (with "
+                f"{num_sources} sources; faiss dim {faiss_index.d}, {faiss_rows} rows (with "
                 f"pending); records {sizes}"
             )
+        index = cls(dim, header["model"], header["factory"], train_size=header["train_size"])
+        index.index = faiss_index
+        try:
+            index.set_search_params(header["search_params"])
+        except GalleryIndexError as e:
+            raise GalleryIndexError(f"{directory}/index.json: {e}") from e
+        index._pending_parts, index._num_pending = [pending], len(pending)
         for key in _SOURCE_FIELDS:
             index._sources[key] = records[key].tolist()
         index._source_ids = {
