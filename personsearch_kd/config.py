@@ -105,6 +105,8 @@ def add_personsearch_config(cfg):
     # Train on ground-truth person crops of DATASETS.TRAIN in identity-balanced P x K batches
     # (CropReIDNet) instead of scene images; evaluation then searches the ground-truth boxes.
     _C.DATALOADER.PERSON_CROPS = False
+    # Train on query-gallery pairs (QEEPS): every ordered pair of two images of one labeled person.
+    _C.DATALOADER.QUERY_PAIRS = False
     # K, the crops of each identity in a P x K batch (P = SOLVER.IMS_PER_BATCH / K per process).
     _C.DATALOADER.REID_INSTANCES_PER_ID = 4
 
@@ -121,6 +123,14 @@ def add_personsearch_config(cfg):
     _C.MODEL.DKD.TRIPLET_WEIGHT = 1.0
     _C.MODEL.DKD.TRIPLET_MARGIN = 0.3
     _C.MODEL.DKD.FSA = True
+
+    _C.MODEL.QEEPS = CN()
+    # QEEPS (meta-architecture "QEEPS", docs/qeeps.md): the backbone stages whose residual blocks
+    # exchange QSSE excitations between query and gallery, the excitation's bottleneck ratio, and
+    # the IoU with the query's person at which QSimNet calls a gallery ROI the same person.
+    _C.MODEL.QEEPS.QSSE_STAGES = ["res2", "res3", "res4"]
+    _C.MODEL.QEEPS.QSSE_REDUCTION = 16
+    _C.MODEL.QEEPS.SIM_IOU = 0.5
 
     _C.MODEL.FD = CN()
     # FactorizedDistillLoss: the names (in MODEL.TEACHERS) of its CropReIDTeachers, one per

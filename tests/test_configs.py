@@ -90,6 +90,9 @@ def test_config_builds_a_person_search_model(path, tmp_path):
         assert model.reid_head.classifier.out_features == cfg.MODEL.OIM.NUM_IDS
         return
     assert isinstance(model, PersonSearchRCNN)
+    # QEEPS trains on query-gallery pairs, from an OIM checkpoint.
+    qeeps = cfg.MODEL.META_ARCHITECTURE == "QEEPS"
+    assert cfg.DATALOADER.QUERY_PAIRS == qeeps and (not qeeps or cfg.MODEL.WEIGHTS)
     oim = model.roi_heads.oim_loss
     assert oim.lut.shape == (cfg.MODEL.OIM.NUM_IDS, cfg.MODEL.OIM.EMBED_DIM)
     if teacher_lut is not None:

@@ -9,7 +9,6 @@ import os
 import weakref
 
 from detectron2.checkpoint import DetectionCheckpointer
-from detectron2.config import get_cfg
 from detectron2.data import (
     DatasetCatalog,
     DatasetMapper,
@@ -20,9 +19,9 @@ from detectron2.engine import DefaultTrainer, default_argument_parser, default_s
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
-from personsearch_kd import PersonSearchDatasetMapper, add_personsearch_config, student_config
+from personsearch_kd import PersonSearchDatasetMapper, load_config, student_config
 from personsearch_kd.engine import PeakMemory, SafeCheckpointer
-from personsearch_kd.data import build_person_crop_train_loader
+from personsearch_kd.data import build_person_crop_train_loader, build_query_pair_train_loader
 from personsearch_kd.evaluation import GroundTruthBoxes, IndexedGallery, PersonSearchEvaluator
 
 
@@ -81,6 +80,8 @@ class Trainer(DefaultTrainer):
     def build_train_loader(cls, cfg):
         if cfg.DATALOADER.PERSON_CROPS:
             return build_person_crop_train_loader(cfg)
+        if cfg.DATALOADER.QUERY_PAIRS:
+            return build_query_pair_train_loader(cfg)
         # Our mapper carries person ids to Instances.gt_pids.
         return build_detection_train_loader(cfg, mapper=PersonSearchDatasetMapper(cfg, True))
 
@@ -89,11 +90,7 @@ def setup(args):
     """
     Create configs and perform basic setups.
     """
-    cfg = get_cfg()
-    add_personsearch_config(cfg)
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts)
-    cfg.freeze()
+    cfg = load_config(args.config_file, args.opts)
     default_setup(cfg, args)
     setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="personsearch_kd")
     return cfg

@@ -8,4 +8,5 @@ from .kd_losses import (
 )
 from .lut_file import check_lut_file, identity_means, load_lut_file, save_lut_file
 from .oim_loss import UNLABELED_PID, OIMLoss
+from .qeeps import QSSE, QuerySimilarityNet, query_anchor_labels, query_proposal_labels
 from .triplet_loss import batch_hard_triplet_loss

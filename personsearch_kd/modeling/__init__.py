@@ -2,6 +2,7 @@
 # Importing this module registers the meta-architecture, the ROI heads, the re-ID head and losses.
 from .crop_reid import CropReIDNet
 from .meta_arch import PersonSearchRCNN
+from .qeeps import QEEPS, SiameseQSSE
 from .record import CropRecord, StudentRecord
 from .reid_head import REID_HEAD_REGISTRY, EmbeddingHead, ReIDOutputs
 from .reid_losses import (

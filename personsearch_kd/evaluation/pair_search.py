@@ -1,0 +1,137 @@
+# Copyright (c) personsearch_kd contributors. Licensed under the Apache License 2.0.
+"""
+Search evaluation of a query-guided model (QEEPS): its gallery detections and their scores
+depend on the query, so every query is run against every image of its gallery as one pair pass,
+O(queries x gallery) passes. Each query's ranked list is then scored by the same protocol as
+:class:`PersonSearchEvaluator` (:func:`search_metrics`), its similarities standing in for the
+features. The gallery of a query may be restricted to the top-N images of a query-agnostic model
+(:func:`top_gallery_images`), an option for speed that is off by default: the images left out
+still count their ground truth, so a person missed by the pre-filter is a miss.
+"""
+
+from typing import Callable, Dict, List, Optional
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from detectron2.data import DatasetCatalog
+
+from .metrics import search_metrics
+
+__all__ = ["pair_search", "top_gallery_images"]
+
+
+def _split(dataset_name: str):
+    records = DatasetCatalog.get(dataset_name)
+    gallery = {r["image_id"]: r for r in records if "query_boxes" not in r}
+    queries = sorted((r for r in records if "query_boxes" in r), key=lambda r: r["query_id"])
+    if not queries:
+        raise ValueError(f"{dataset_name}: has no query (dicts with 'query_boxes')")
+    return gallery, queries
+
+
+def _gallery_of(query: Dict, gallery: Dict) -> List:
+    ids = query.get("gallery")
+    return list(ids) if ids is not None else [i for i in gallery if i != query["image_id"]]
+
+
+def _ground_truth(record: Dict) -> Dict:
+    annos = record["annotations"]
+    return {
+        "gt_boxes": np.array([a["bbox"] for a in annos], dtype=np.float64).reshape(-1, 4),
+        "gt_pids": np.array([a["person_id"] for a in annos], dtype=np.int64),
+    }
+
+
+def pair_search(
+    model,
+    dataset_name: str,
+    mapper: Callable[[Dict], Dict],
+    score: str = "query_similarity",
+    batch_size: int = 4,
+    search_thresh: float = 0.5,
+    top_images: Optional[Dict[int, List]] = None,
+) -> Dict:
+    """
+    Args:
+        model: in eval mode, with ``search_pair(queries, galleries)`` (:class:`QEEPS`).
+        dataset_name: a registered person-search test set (gallery dicts and query dicts).
+        mapper: dataset dict -> model input (detectron2's test :class:`DatasetMapper`).
+        score: rank detections by "query_similarity" (QSimNet) or "cosine" (pair-conditioned
+            ID features against the query's).
+        batch_size: pairs per forward pass.
+        search_thresh: detections scoring less are not searched.
+        top_images: query_id -> the only gallery image ids to run (e.g.
+            :func:`top_gallery_images`); None runs every pair.
+    Returns:
+        "mAP", "top1", "top5", "top10" (fractions) and "per_query", as :func:`search_metrics`.
+    """
+    if score not in ("query_similarity", "cosine"):
+        raise ValueError(f"score={score!r}: expected 'query_similarity' or 'cosine'")
+    gallery, queries = _split(dataset_name)
+    plans = []
+    for query in queries:
+        ids = _gallery_of(query, gallery)
+        run = (
+            ids
+            if top_images is None
+            else [i for i in ids if i in set(top_images[query["query_id"]])]
+        )
+        plans.append((query, ids, run))
+    progress = tqdm(total=sum(len(run) for _, _, run in plans), desc="query-gallery pairs")
+    per_query = []
+    for query, ids, run in plans:
+        query_input = mapper(query)
+        # Images not run keep their ground truth with no detection: a miss, not a smaller gallery.
+        searched = {i: dict(_ground_truth(gallery[i]), boxes=np.zeros((0, 4)), scores=np.zeros(0),
+                            feats=np.zeros((0, 1))) for i in ids}  # fmt: skip
+        for start in range(0, len(run), batch_size):
+            image_ids = run[start : start + batch_size]
+            results = model.search_pair(
+                [query_input] * len(image_ids), [mapper(gallery[i]) for i in image_ids]
+            )
+            for image_id, result in zip(image_ids, results):
+                found = result["instances"].to("cpu")
+                if score == "query_similarity":
+                    similarity = found.query_similarity
+                else:
+                    similarity = found.reid_feats @ result["query_feat"].cpu()
+                searched[image_id].update(
+                    boxes=found.pred_boxes.tensor.numpy(),
+                    scores=found.scores.numpy(),
+                    feats=similarity.float().numpy()[:, None],
+                )
+            progress.update(len(image_ids))
+        one = {"image_id": query["image_id"], "pid": query["query_pid"], "feat": np.ones(1),
+               "gallery": ids}  # fmt: skip
+        per_query += search_metrics(searched, [one], det_thresh=search_thresh)["per_query"]
+    progress.close()
+    results = {"mAP": float(np.mean([q["ap"] for q in per_query]))}
+    for k in (1, 5, 10):
+        results[f"top{k}"] = float(np.mean([q[f"top{k}"] for q in per_query]))
+    results["per_query"] = per_query
+    return results
+
+
+@torch.no_grad()
+def top_gallery_images(
+    model, dataset_name: str, mapper: Callable[[Dict], Dict], top_n: int, search_thresh=0.5
+) -> Dict[int, List]:
+    """
+    query_id -> the ``top_n`` images of its gallery whose best detection (score >=
+    ``search_thresh``) is most similar to the query, by a query-agnostic person-search model
+    (e.g. the OIM model QEEPS started from): one pass per gallery image and per query.
+    """
+    gallery, queries = _split(dataset_name)
+    best = {}
+    for image_id, record in tqdm(gallery.items(), desc="pre-filter gallery"):
+        found = model([mapper(record)])[0]["instances"].to("cpu")
+        best[image_id] = found.reid_feats[found.scores >= search_thresh]
+    top = {}
+    for query in queries:
+        feat = model([mapper(query)])[0]["instances"].reid_feats[0].cpu()
+        ids = _gallery_of(query, gallery)
+        sims = [float((best[i] @ feat).max()) if len(best[i]) else -2.0 for i in ids]
+        top[query["query_id"]] = [ids[j] for j in np.argsort(sims)[::-1][:top_n]]
+    return top

@@ -1,0 +1,90 @@
+#!/usr/bin/env python3
+# Copyright (c) personsearch_kd contributors. Licensed under the Apache License 2.0.
+"""
+Search evaluation of a query-guided model (QEEPS): every query against every image of its
+gallery, one pair pass each (O(queries x gallery), with a progress bar and ETA), scored by the
+person-search protocol; prints one Markdown row per test set. ``--top-n N`` runs only the N
+gallery images a query-agnostic model (``--prefilter-config/-weights``, e.g. the OIM model QEEPS
+started from) ranks first for each query; off by default.
+
+    python tools/evaluate_pairs.py --config-file configs/mot15/qeeps_R_18_C4_cpu.yaml \
+        --weights output/mot15_qeeps_R_18_C4_cpu/model_final.pth --dataset mot15_ps_mini_test \
+        [--top-n 20 --prefilter-config configs/mot15/oim_R_18_C4_cpu.yaml \
+         --prefilter-weights output/mot15_oim_R_18_C4_cpu/model_final.pth] [KEY VALUE ...]
+"""
+
+import argparse
+
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.data import DatasetMapper
+from detectron2.modeling import build_model
+
+from personsearch_kd import load_config, student_config
+from personsearch_kd.evaluation import pair_search, top_gallery_images
+
+
+def _model(config_file, weights, opts=()):
+    cfg = student_config(load_config(config_file, opts))
+    model = build_model(cfg).eval()
+    DetectionCheckpointer(model).load(weights)
+    return cfg, model
+
+
+def evaluate(args):
+    """{(dataset, score): pair_search's results}."""
+    cfg, model = _model(args.config_file, args.weights, args.opts)
+    mapper = DatasetMapper(cfg, False)
+    thresh = cfg.TEST.PERSON_SEARCH.SEARCH_SCORE_THRESH
+    results = {}
+    for dataset in args.dataset or cfg.DATASETS.TEST:
+        top = None
+        if args.top_n:
+            if not (args.prefilter_config and args.prefilter_weights):
+                raise ValueError("--top-n needs --prefilter-config and --prefilter-weights")
+            pre_cfg, pre_model = _model(args.prefilter_config, args.prefilter_weights)
+            top = top_gallery_images(
+                pre_model, dataset, DatasetMapper(pre_cfg, False), args.top_n, thresh
+            )
+        for score in args.score:
+            results[(dataset, score)] = pair_search(
+                model, dataset, mapper, score, args.batch_size, thresh, top
+            )
+    return results
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config-file", required=True, help="a query-guided model's config")
+    parser.add_argument("--weights", required=True)
+    parser.add_argument("--dataset", action="append", help="a test set, repeatable")
+    parser.add_argument(
+        "--score",
+        nargs="+",
+        default=["query_similarity"],
+        choices=["query_similarity", "cosine"],
+        help="rank by QSimNet's probability or by the pair-conditioned ID features' cosine",
+    )
+    parser.add_argument("--batch-size", type=int, default=4, help="pairs per forward pass")
+    parser.add_argument("--top-n", type=int, default=0, help="gallery images per query (0: all)")
+    parser.add_argument("--prefilter-config")
+    parser.add_argument("--prefilter-weights")
+    parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides")
+    return parser
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    results = evaluate(args)
+    print("| dataset | score | gallery | mAP | top-1 | top-5 | top-10 |")
+    print("|---|---|---|---|---|---|---|")
+    gallery = f"top {args.top_n}" if args.top_n else "all"
+    for (dataset, score), r in results.items():
+        print(
+            f"| {dataset} | {score} | {gallery} | {100 * r['mAP']:.2f} | {100 * r['top1']:.2f} "
+            f"| {100 * r['top5']:.2f} | {100 * r['top10']:.2f} |"
+        )
+    return results
+
+
+if __name__ == "__main__":
+    main()  # pragma: no cover
