@@ -57,6 +57,23 @@ def test_benchmark_train_step_prints_a_row_per_config_and_the_kd_teacher_share(t
     assert first[8] == "-" and float(second[8]) > 0
 
 
+def test_benchmark_train_step_steps_crop_networks_on_their_crop_batches():
+    # The holistic crop network and a partial-view one (square crops): no ROIs, no teacher.
+    configs = [
+        os.path.join(CONFIGS, "mot15", f"reid_crop{v}_R_18_cpu.yaml") for v in ("", "_partial")
+    ]
+    result = subprocess.run(
+        [sys.executable, os.path.join(REPO_ROOT, "tools", "benchmark_train_step.py")]
+        + ["--config-file", *configs, "--warmup", "0", "--iters", "1"]
+        + ["SOLVER.IMS_PER_BATCH", "8", "INPUT.REID_CROP.SIZE", "(32, 16)"],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    rows = [row for row in result.stdout.splitlines() if row.startswith("| ") and ".yaml" in row]
+    cells = [[c.strip() for c in row.strip("|").split("|")] for row in rows]
+    assert [c[0] for c in cells] == configs
+    assert all(c[4] == "-" and c[8] == "-" and float(c[5]) > 0 for c in cells)
+
+
 def test_benchmark_trains_evaluates_and_prints_one_row_per_config(tmp_path):
     # A tiny R18 OIM model and a tiny R18 DET detector on the shipped sample: 5 training
     # iterations each (detectron2 times those after the first 3), then the full test set (85

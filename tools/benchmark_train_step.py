@@ -14,6 +14,8 @@ checkpoints they name).
         MODEL.DEVICE cpu
     python tools/benchmark_train_step.py --config-file configs/mot15/oim_R_50_C4_cpu.yaml \
         configs/mot15/kd_reid_R_50_C4_teacher_R_50_cpu.yaml --height 400 --width 680
+    python tools/benchmark_train_step.py --config-file configs/mot15/reid_crop_R_18_cpu.yaml \
+        configs/mot15/fd_crop_R_18_cpu.yaml   # crop networks: their own P x K crop batch
 """
 
 import argparse
@@ -52,6 +54,18 @@ def synthetic_batch(batch: int, height: int, width: int, persons: int, num_ids: 
     return inputs
 
 
+def synthetic_crops(batch: int, size, num_ids: int, seed: int, per_id: int = 4):
+    """A P x K batch of random person crops (re-ID networks on crops, DATALOADER.PERSON_CROPS)."""
+    g = torch.Generator().manual_seed(seed)
+    return [
+        {
+            "image": torch.randint(0, 256, (3, *size), generator=g, dtype=torch.uint8).float(),
+            "person_id": (i // per_id) % num_ids,
+        }
+        for i in range(batch)
+    ]
+
+
 AUTOCAST_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -69,8 +83,15 @@ def build_config(config_file: str, args, precision: str = "fp32"):
         "cfg": cfg,
         "model": model,
         "optimizer": torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9),
-        "inputs": synthetic_batch(
-            args.batch, args.height, args.width, args.persons, cfg.MODEL.OIM.NUM_IDS, seed=0
+        # Crop networks step on their configured P x K batch of crops; detectors on images.
+        "inputs": (
+            synthetic_crops(
+                cfg.SOLVER.IMS_PER_BATCH, cfg.INPUT.REID_CROP.SIZE, cfg.MODEL.OIM.NUM_IDS, seed=0
+            )
+            if cfg.DATALOADER.PERSON_CROPS
+            else synthetic_batch(
+                args.batch, args.height, args.width, args.persons, cfg.MODEL.OIM.NUM_IDS, seed=0
+            )
         ),
         "times": [],
         "teacher_times": [],
@@ -111,6 +132,8 @@ def teacher_forward(run: dict) -> float:
     box head on ROI_HEADS.BATCH_SIZE_PER_IMAGE boxes per image, no gradients (0 without one).
     """
     model = run["model"]
+    if not detector_teachers(model):
+        return 0.0
     rois = run["cfg"].MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE
     # Which boxes does not matter for the time, only how many: each image's persons, repeated.
     sampled = []
@@ -151,7 +174,12 @@ def time_configs(args) -> list:
             "precision": run["precision"],
             "depth": run["cfg"].MODEL.RESNETS.DEPTH,
             "device": torch.cuda.get_device_name() if device.startswith("cuda") else "cpu",
-            "rois": run["cfg"].MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE,
+            # Crop networks have no ROIs: their batch is SOLVER.IMS_PER_BATCH crops.
+            "rois": (
+                "-"
+                if run["cfg"].DATALOADER.PERSON_CROPS
+                else run["cfg"].MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE
+            ),
             "median": statistics.median(run["times"]),
             "min": min(run["times"]),
             "ratio": statistics.median(run["times"]) / reference,
