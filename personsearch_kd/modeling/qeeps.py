@@ -73,7 +73,7 @@ class SiameseQSSE(nn.Module):
             (query features, gallery features): dicts of the backbone's output features.
         """
         q, g = backbone.stem(query), backbone.stem(gallery)
-        q_out, g_out = {}, {}
+        q_out, g_out, wanted = {}, {}, backbone.output_shape()
         for name, stage in zip(backbone.stage_names, backbone.stages):
             for i, block in enumerate(stage):
                 qsse = self.blocks[f"{name}_{i}"] if f"{name}_{i}" in self.blocks else None
@@ -83,7 +83,7 @@ class SiameseQSSE(nn.Module):
                 (q_res, q_short), (g_res, g_short) = (_residual_branch(block, x) for x in (q, g))
                 q_res, g_res = qsse(q_res, g_res)
                 q, g = F.relu(q_res + q_short), F.relu(g_res + g_short)
-            if name in backbone._out_features:
+            if name in wanted:
                 q_out[name], g_out[name] = q, g
         return q_out, g_out
 
