@@ -108,15 +108,15 @@ def test_an_interrupted_indexing_resumes_without_redoing_finished_images(
     gallery, tmp_path, monkeypatch
 ):
     calls = {"n": 0}
-    original = PersonSearchPredictor.__call__
+    original = PersonSearchPredictor.detect_batch
 
-    def counting(self, image):
-        calls["n"] += 1
+    def counting(self, images):
+        calls["n"] += len(images)
         if calls["n"] == 3 and calls.get("fail", True):
             raise KeyboardInterrupt  # the user stops the run during the third image
-        return original(self, image)
+        return original(self, images)
 
-    monkeypatch.setattr(PersonSearchPredictor, "__call__", counting)
+    monkeypatch.setattr(PersonSearchPredictor, "detect_batch", counting)
     output = str(tmp_path / "index")
     with pytest.raises(KeyboardInterrupt):
         _index(gallery, output, "--save-every", "1")
@@ -135,6 +135,34 @@ def test_an_interrupted_indexing_resumes_without_redoing_finished_images(
     _index(gallery, output)
     assert calls["n"] == 0 and len(GalleryIndex.load(output)) == len(fresh)
     assert json.loads(open(os.path.join(output, "index.json")).read())["num_sources"] == 5
+
+
+def test_batched_indexing_gives_the_same_index_as_one_image_at_a_time(gallery, tmp_path):
+    one, batched = str(tmp_path / "one"), str(tmp_path / "batched")
+    _index(gallery, one)
+    _index(gallery, batched, "--batch-size", "3")  # 5 sources: batches of 3 and 2
+    single, several = GalleryIndex.load(one), GalleryIndex.load(batched)
+    for key in ("path", "frame", "source"):
+        assert several.arrays()[key].tolist() == single.arrays()[key].tolist()
+    assert np.allclose(several.arrays()["box"], single.arrays()["box"], atol=1e-3)
+    assert np.allclose(several.features(), single.features(), atol=1e-4)
+
+
+def test_prefetch_yields_in_order_and_raises_the_readers_error_in_place():
+    from personsearch_kd.search import prefetch
+
+    def numbers():
+        yield from range(5)
+        raise ValueError("frame 5 cannot be decoded")
+
+    got = []
+    with pytest.raises(ValueError, match="frame 5"):
+        for n in prefetch(numbers(), depth=2):
+            got.append(n)
+    assert got == [0, 1, 2, 3, 4]
+    early = prefetch(iter(range(100)), depth=2)
+    assert next(early) == 0
+    early.close()  # the reader stops instead of blocking on a full buffer
 
 
 def test_two_processes_index_the_same_gallery_as_one(gallery, tmp_path):

@@ -8,7 +8,8 @@ index type).
 
 Each process (--num-gpus, --num-machines: detectron2's launcher) indexes its share of the images
 into an exact shard under OUTPUT/shards/, saved every --save-every images; the main process then
-merges the shards into OUTPUT. An interrupted run started again skips what its shards and OUTPUT
+merges the shards into OUTPUT. Images are decoded ahead by a background thread and run
+--batch-size at a time. An interrupted run started again skips what its shards and OUTPUT
 hold; a later run with more inputs adds only the new ones.
 
     python tools/index_gallery.py --config-file configs/mot15/oim_R_18_C4_cpu.yaml \
@@ -20,6 +21,7 @@ import argparse
 import logging
 import os
 import shutil
+from typing import Iterator, List
 
 from detectron2.engine import launch
 from detectron2.utils import comm
@@ -33,6 +35,7 @@ from personsearch_kd.search import (
     count_sources,
     expand_inputs,
     model_fingerprint,
+    prefetch,
     read_sources,
 )
 
@@ -49,12 +52,26 @@ def build_parser():
     parser.add_argument("--every", type=int, default=1, help="index every N-th video frame")
     parser.add_argument("--camera", default="", help="camera id recorded with every detection")
     parser.add_argument("--save-every", type=int, default=200, help="images between saves")
+    parser.add_argument(
+        "--batch-size", type=int, default=1, help="images per forward pass (batched inference)"
+    )
     parser.add_argument("--num-gpus", type=int, default=1, help="processes per machine")
     parser.add_argument("--num-machines", type=int, default=1)
     parser.add_argument("--machine-rank", type=int, default=0)
     parser.add_argument("--dist-url", default="auto")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides")
     return parser
+
+
+def _batches(items: Iterator, size: int) -> Iterator[List]:
+    batch = []
+    for item in items:
+        batch.append(item)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
 
 
 def _open(directory, model, dim, cfg, factory=None):
@@ -103,21 +120,24 @@ def index_shard(args) -> None:
         disable=not comm.is_main_process(),
         desc="indexing",
     )
-    for done, source in enumerate(read_sources(files, args.every, wanted), start=1):
-        instances = predictor(source.image)["instances"].to("cpu")
-        instances = instances[instances.scores >= thresh]
-        shard.add(
-            instances.reid_feats.numpy(),
-            instances.pred_boxes.tensor.numpy(),
-            instances.scores.numpy(),
-            source.path,
-            source.frame,
-            source.time,
-            args.camera,
-        )
-        progress.update(1)
-        if done % args.save_every == 0:
+    since_save = 0
+    for batch in _batches(prefetch(read_sources(files, args.every, wanted)), args.batch_size):
+        for source, instances in zip(batch, predictor.detect_batch([s.image for s in batch])):
+            instances = instances[instances.scores >= thresh]
+            shard.add(
+                instances.reid_feats.numpy(),
+                instances.pred_boxes.tensor.numpy(),
+                instances.scores.numpy(),
+                source.path,
+                source.frame,
+                source.time,
+                args.camera,
+            )
+        progress.update(len(batch))
+        since_save += len(batch)
+        if since_save >= args.save_every:
             shard.save(shard_dir)
+            since_save = 0
     progress.close()
     shard.save(shard_dir)
     comm.synchronize()

@@ -33,6 +33,19 @@ class PersonSearchPredictor(DefaultPredictor):
         image = torch.as_tensor(image.astype("float32").transpose(2, 0, 1))
         return {"image": image, "height": height, "width": width}
 
+    def detect_batch(self, original_images: Sequence[np.ndarray]) -> List:
+        """
+        Detections of several gallery images in one forward pass (batched inference).
+
+        Args:
+            original_images: (H_i, W_i, 3) BGR images.
+        Returns:
+            per image, its Instances (on the CPU) as :meth:`__call__` gives them.
+        """
+        with torch.no_grad():
+            outputs = self.model([self._inputs(image) for image in original_images])
+        return [output["instances"].to("cpu") for output in outputs]
+
     def embed_query(self, original_image: np.ndarray, box: Sequence[float]) -> torch.Tensor:
         """
         Args:

@@ -4,7 +4,7 @@
 from importlib.util import find_spec
 
 from .gallery_index import GalleryIndex, GalleryIndexError
-from .sources import GallerySource, count_sources, expand_inputs, read_sources
+from .sources import GallerySource, count_sources, expand_inputs, prefetch, read_sources
 
 if find_spec("detectron2") is not None:
     from .fingerprint import model_fingerprint
@@ -16,5 +16,6 @@ __all__ = [
     "count_sources",
     "expand_inputs",
     "model_fingerprint",
+    "prefetch",
     "read_sources",
 ]

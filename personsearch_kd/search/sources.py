@@ -7,12 +7,21 @@ frame, read with OpenCV). Pure numpy + OpenCV: no detectron2 import.
 import glob
 import math
 import os
+import queue
+import threading
 from typing import Callable, Iterator, List, NamedTuple, Sequence
 
 import cv2
 import numpy as np
 
-__all__ = ["GallerySource", "VIDEO_EXTENSIONS", "expand_inputs", "count_sources", "read_sources"]
+__all__ = [
+    "GallerySource",
+    "VIDEO_EXTENSIONS",
+    "count_sources",
+    "expand_inputs",
+    "prefetch",
+    "read_sources",
+]
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm")
@@ -109,3 +118,43 @@ def read_sources(
                 yield GallerySource(path, frame, frame / fps, image)
             frame += 1
         capture.release()
+
+
+def prefetch(sources: Iterator[GallerySource], depth: int = 8) -> Iterator[GallerySource]:
+    """
+    ``sources`` read up to ``depth`` ahead by a background thread, so that decoding overlaps the
+    model (OpenCV releases the GIL); the reader's errors are raised here, in order. Closing the
+    generator (or leaving its loop) stops the reader.
+    """
+    buffer, stop, end = queue.Queue(maxsize=depth), threading.Event(), object()
+
+    def put(item) -> bool:
+        while not stop.is_set():
+            try:
+                buffer.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def read():
+        try:
+            for source in sources:
+                if not put(source):
+                    return
+        except BaseException as e:  # handed to the consumer, who raises it
+            put(e)
+            return
+        put(end)
+
+    threading.Thread(target=read, daemon=True).start()
+    try:
+        while True:
+            item = buffer.get()
+            if item is end:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
