@@ -151,7 +151,7 @@ def test_qeeps_searches_a_pair_and_refuses_plain_inference(tiny_sets):
     pytest.importorskip("detectron2")
     from detectron2.data import DatasetCatalog
     from detectron2.modeling import build_model
-    from helpers import model_inputs, set_seed
+    from helpers import load_tool, model_inputs, set_seed
 
     set_seed(0)
     cfg = _qeeps_cfg(tiny_sets)
@@ -174,6 +174,13 @@ def test_qeeps_searches_a_pair_and_refuses_plain_inference(tiny_sets):
     assert not torch.allclose(first["query_feat"], other_pair["query_feat"], atol=1e-4)
     with pytest.raises(NotImplementedError, match="search_pair"):
         model([gallery])
+    # train_net's Trainer.test evaluates a query-guided model pair by pair, in percent.
+    cfg.DATASETS.TEST = (f"{tiny_sets}_test",)
+    cfg.TEST.PERSON_SEARCH.SEARCH_SCORE_THRESH = 0.0
+    model.train()
+    results = load_tool("train_net").Trainer.test(cfg, model)["person_search"]
+    assert set(results) == {"mAP", "top1", "top5", "top10"} and 0 <= results["mAP"] <= 100
+    assert model.training  # restored after the evaluation
 
 
 def test_evaluate_pairs_runs_a_qeeps_checkpoint_on_every_pair_and_on_a_prefiltered_gallery(

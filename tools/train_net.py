@@ -5,8 +5,10 @@ personsearch_kd training script: detectron2's usual CLI (--config-file, --num-gp
 --resume, --eval-only, trailing KEY VALUE opts).
 """
 
+import logging
 import os
 import weakref
+from collections import OrderedDict
 
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.data import (
@@ -16,13 +18,21 @@ from detectron2.data import (
     build_detection_train_loader,
 )
 from detectron2.engine import DefaultTrainer, default_argument_parser, default_setup, launch
+from detectron2.evaluation.evaluator import inference_context
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
 from personsearch_kd import PersonSearchDatasetMapper, load_config, student_config
 from personsearch_kd.engine import PeakMemory, SafeCheckpointer
 from personsearch_kd.data import build_person_crop_train_loader, build_query_pair_train_loader
-from personsearch_kd.evaluation import GroundTruthBoxes, IndexedGallery, PersonSearchEvaluator
+from personsearch_kd.evaluation import (
+    GroundTruthBoxes,
+    IndexedGallery,
+    PersonSearchEvaluator,
+    pair_search,
+)
+
+logger = logging.getLogger("personsearch_kd.train_net")
 
 
 class Trainer(DefaultTrainer):
@@ -59,11 +69,29 @@ class Trainer(DefaultTrainer):
     @classmethod
     def test(cls, cfg, model, evaluators=None):
         search = cfg.TEST.PERSON_SEARCH
+        if cfg.DATALOADER.QUERY_PAIRS:
+            return cls.test_pairs(cfg, model)
         if search.DETECTION_ONLY or search.GROUND_TRUTH_BOXES or cfg.DATALOADER.PERSON_CROPS:
             return super().test(cfg, model, evaluators)
         # One gallery pass for all test sets: images they share (CUHK-SYSU's gallery sizes) run
         # the model once.
         return super().test(cfg, IndexedGallery(model, cfg.MODEL.OIM.EMBED_DIM), evaluators)
+
+    @classmethod
+    def test_pairs(cls, cfg, model):
+        """A query-guided model (QEEPS) searched pair by pair (:func:`pair_search`), in percent."""
+        results = OrderedDict()
+        model = getattr(model, "module", model)  # DDP-wrapped in training
+        with inference_context(model):
+            for name in cfg.DATASETS.TEST:
+                found = pair_search(
+                    model, name, DatasetMapper(cfg, False),
+                    search_thresh=cfg.TEST.PERSON_SEARCH.SEARCH_SCORE_THRESH,
+                )  # fmt: skip
+                metrics = {k: 100.0 * found[k] for k in ("mAP", "top1", "top5", "top10")}
+                logger.info(f"{name}: pair search {metrics}")
+                results[name] = {"person_search": metrics}
+        return next(iter(results.values())) if len(results) == 1 else results
 
     def build_hooks(self):
         # DefaultTrainer.__init__ makes a plain DetectionCheckpointer just before it calls this;
