@@ -79,7 +79,12 @@ class Trainer(DefaultTrainer):
 
     @classmethod
     def test_pairs(cls, cfg, model):
-        """A query-guided model (QEEPS) searched pair by pair (:func:`pair_search`), in percent."""
+        """
+        A query-guided model (QEEPS) searched pair by pair (:func:`pair_search`), in percent, on
+        the main process (the pairs are not yet shared among processes).
+        """
+        if not comm.is_main_process():
+            return {}
         results = OrderedDict()
         model = getattr(model, "module", model)  # DDP-wrapped in training
         with inference_context(model):
