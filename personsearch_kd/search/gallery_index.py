@@ -393,22 +393,13 @@ class GalleryIndex:
         mismatched part.
         """
         header, faiss_index, records, pending = read_index_files(directory)
-        dim, count, num_sources = header["dim"], header["count"], header["num_sources"]
         if model is not None and dict(model) != header["model"]:
             raise GalleryIndexError(
                 f"{directory}: built with model {header['model']}, not the given {model}"
             )
-        expected = {**{k: num_sources for k in _SOURCE_FIELDS}, "source": count, "box": count}
-        expected["det_score"] = count
-        sizes = {k: len(v) for k, v in records.items()}
-        faiss_rows = faiss_index.ntotal + len(pending)
-        if faiss_index.d != dim or sizes != expected or faiss_rows != count:
-            raise GalleryIndexError(
-                f"{directory}: inconsistent gallery index: header dim {dim}, {count} rows of "
-                f"{num_sources} sources; faiss dim {faiss_index.d}, {faiss_rows} rows (with "
-                f"pending); records {sizes}"
-            )
-        index = cls(dim, header["model"], header["factory"], train_size=header["train_size"])
+        index = cls(
+            header["dim"], header["model"], header["factory"], train_size=header["train_size"]
+        )
         index.index = faiss_index
         try:
             index.set_search_params(header["search_params"])

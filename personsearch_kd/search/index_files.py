@@ -67,8 +67,8 @@ def write_index_files(
 def read_index_files(directory: str) -> Tuple[Dict, object, Dict[str, np.ndarray], np.ndarray]:
     """
     Read what :func:`write_index_files` wrote: (header, faiss index, records, pending (P, D)).
-    A missing or corrupt file, or another format version, fails with
-    :class:`GalleryIndexError` naming the file.
+    A missing, corrupt or inconsistent file (feature size, counts), or another format version,
+    fails with :class:`GalleryIndexError` naming the file.
     """
     for name in _REQUIRED:
         if not os.path.isfile(os.path.join(directory, name)):
@@ -99,4 +99,15 @@ def read_index_files(directory: str) -> Tuple[Dict, object, Dict[str, np.ndarray
             pending = np.load(pending_file, allow_pickle=False).astype(np.float32)
     except (RuntimeError, ValueError, OSError, KeyError) as e:
         raise GalleryIndexError(f"{directory}: corrupt gallery index ({e})") from e
+    dim, count, num_sources = header["dim"], header["count"], header["num_sources"]
+    expected = {k: num_sources for k in ("path", "frame", "time", "camera")}
+    expected.update(source=count, box=count, det_score=count)
+    sizes = {k: len(v) for k, v in records.items()}
+    faiss_rows = faiss_index.ntotal + len(pending)
+    if faiss_index.d != dim or sizes != expected or faiss_rows != count:
+        raise GalleryIndexError(
+            f"{directory}: inconsistent gallery index: header dim {dim}, {count} rows of "
+            f"{num_sources} sources; faiss dim {faiss_index.d}, {faiss_rows} rows (with "
+            f"pending); records {sizes}"
+        )
     return header, faiss_index, records, pending
