@@ -6,7 +6,6 @@ from collections import OrderedDict
 from typing import Dict, List, Optional
 
 import cv2
-import numpy as np
 import torch
 from tabulate import tabulate
 
@@ -16,7 +15,7 @@ from detectron2.evaluation import DatasetEvaluator
 from detectron2.utils import comm
 
 from ..utils.visualization import draw_ranked_matches
-from .metrics import detection_metrics, search_metrics
+from .metrics import detection_metrics, image_ground_truth, search_metrics
 
 __all__ = ["PersonSearchEvaluator"]
 
@@ -84,14 +83,7 @@ class PersonSearchEvaluator(DatasetEvaluator):
             if "query_boxes" in r:
                 self._query_records[r["query_id"]] = r
             else:
-                annos = r["annotations"]
-                self._ground_truth[r["image_id"]] = {
-                    "gt_boxes": np.array([a["bbox"] for a in annos], dtype=np.float64).reshape(
-                        -1, 4
-                    ),
-                    "gt_pids": np.array([a["person_id"] for a in annos], dtype=np.int64),
-                    "cam_id": r.get("cam_id"),
-                }
+                self._ground_truth[r["image_id"]] = image_ground_truth(r)
         if detection_only:
             self._query_records = {}
         elif not self._query_records:

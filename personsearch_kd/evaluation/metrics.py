@@ -60,7 +60,17 @@ def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return inter / (area_a[:, None] + area_b[None, :] - inter)
 
 
-def _query_gallery(gallery: Dict, query: Dict, index: int, cross_camera: bool) -> List:
+def image_ground_truth(record: Dict) -> Dict:
+    """A gallery image's dataset dict -> {"gt_boxes": (G, 4) XYXY, "gt_pids": (G,), "cam_id"}."""
+    annos = record["annotations"]
+    return {
+        "gt_boxes": np.array([a["bbox"] for a in annos], dtype=np.float64).reshape(-1, 4),
+        "gt_pids": np.array([a["person_id"] for a in annos], dtype=np.int64),
+        "cam_id": record.get("cam_id"),
+    }
+
+
+def query_gallery(gallery: Dict, query: Dict, index: int, cross_camera: bool = False) -> List:
     """Image ids searched for one query: its own list, or every gallery image but its own."""
     image_ids = query.get("gallery")
     if image_ids is None:
@@ -116,7 +126,7 @@ def search_metrics(
         pid, feat = query["pid"], np.asarray(query["feat"]).ravel()
         labels, sims, ranked_from = [], [], []
         count_gt = count_tp = 0
-        for image_id in _query_gallery(gallery, query, index, cross_camera):
+        for image_id in query_gallery(gallery, query, index, cross_camera):
             g = gallery[image_id]
             gt_boxes = np.asarray(g["gt_boxes"], dtype=np.float64).reshape(-1, 4)
             gt_boxes = gt_boxes[np.asarray(g["gt_pids"]).ravel() == pid]

@@ -17,7 +17,7 @@ from tqdm import tqdm
 
 from detectron2.data import DatasetCatalog
 
-from .metrics import search_metrics
+from .metrics import image_ground_truth, query_gallery, search_metrics
 
 __all__ = ["pair_search", "top_gallery_images"]
 
@@ -29,19 +29,6 @@ def _split(dataset_name: str):
     if not queries:
         raise ValueError(f"{dataset_name}: has no query (dicts with 'query_boxes')")
     return gallery, queries
-
-
-def _gallery_of(query: Dict, gallery: Dict) -> List:
-    ids = query.get("gallery")
-    return list(ids) if ids is not None else [i for i in gallery if i != query["image_id"]]
-
-
-def _ground_truth(record: Dict) -> Dict:
-    annos = record["annotations"]
-    return {
-        "gt_boxes": np.array([a["bbox"] for a in annos], dtype=np.float64).reshape(-1, 4),
-        "gt_pids": np.array([a["person_id"] for a in annos], dtype=np.int64),
-    }
 
 
 def pair_search(
@@ -71,21 +58,17 @@ def pair_search(
         raise ValueError(f"score={score!r}: expected 'query_similarity' or 'cosine'")
     gallery, queries = _split(dataset_name)
     plans = []
-    for query in queries:
-        ids = _gallery_of(query, gallery)
-        run = (
-            ids
-            if top_images is None
-            else [i for i in ids if i in set(top_images[query["query_id"]])]
-        )
-        plans.append((query, ids, run))
+    for index, query in enumerate(queries):
+        ids = query_gallery(gallery, query, index)
+        kept = None if top_images is None else set(top_images[query["query_id"]])
+        plans.append((query, ids, ids if kept is None else [i for i in ids if i in kept]))
     progress = tqdm(total=sum(len(run) for _, _, run in plans), desc="query-gallery pairs")
     per_query = []
     for query, ids, run in plans:
         query_input = mapper(query)
         # Images not run keep their ground truth with no detection: a miss, not a smaller gallery.
-        searched = {i: dict(_ground_truth(gallery[i]), boxes=np.zeros((0, 4)), scores=np.zeros(0),
-                            feats=np.zeros((0, 1))) for i in ids}  # fmt: skip
+        nothing = {"boxes": np.zeros((0, 4)), "scores": np.zeros(0), "feats": np.zeros((0, 1))}
+        searched = {i: dict(image_ground_truth(gallery[i]), **nothing) for i in ids}
         for start in range(0, len(run), batch_size):
             image_ids = run[start : start + batch_size]
             results = model.search_pair(
@@ -129,9 +112,9 @@ def top_gallery_images(
         found = model([mapper(record)])[0]["instances"].to("cpu")
         best[image_id] = found.reid_feats[found.scores >= search_thresh]
     top = {}
-    for query in queries:
+    for index, query in enumerate(queries):
         feat = model([mapper(query)])[0]["instances"].reid_feats[0].cpu()
-        ids = _gallery_of(query, gallery)
+        ids = query_gallery(gallery, query, index)
         sims = [float((best[i] @ feat).max()) if len(best[i]) else -2.0 for i in ids]
         top[query["query_id"]] = [ids[j] for j in np.argsort(sims)[::-1][:top_n]]
     return top

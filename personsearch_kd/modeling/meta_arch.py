@@ -1,5 +1,5 @@
 # Copyright (c) personsearch_kd contributors. Licensed under the Apache License 2.0.
-from typing import Dict, List
+from typing import Dict, List, Tuple
 
 import torch
 from torch import nn
@@ -145,6 +145,25 @@ class PersonSearchRCNN(DistillationStudent, GeneralizedRCNN):
         record.proposals = rpn.predict_proposals(anchors, logits, deltas, record.images.image_sizes)
         return losses
 
+    def _given_boxes(self, inputs: Dict, key: str, input_size) -> Tuple[torch.Tensor, Boxes]:
+        """
+        ``inputs[key]``, (K, 4) XYXY boxes in original-image coordinates (checked), and the same
+        boxes in the coordinates of the network input of size ``input_size`` (H', W').
+        """
+        boxes = torch.as_tensor(inputs[key], dtype=torch.float32, device=self.device)
+        if boxes.numel() == 0:
+            boxes = boxes.reshape(0, 4)
+        if boxes.dim() != 2 or boxes.shape[1] != 4:
+            raise ValueError(
+                f"{key} of {inputs.get('file_name', 'an input')}: expected shape (K, 4) "
+                f"XYXY, got {tuple(boxes.shape)}"
+            )
+        input_h, input_w = input_size
+        height, width = inputs.get("height", input_h), inputs.get("width", input_w)
+        # Inverse of detector_postprocess: original-image -> network-input coordinates.
+        scale = boxes.new_tensor([input_w / width, input_h / height] * 2)
+        return boxes, Boxes(boxes * scale)
+
     def embed_query_boxes(self, batched_inputs: List[Dict], key: str = "query_boxes"):
         """
         Args:
@@ -162,21 +181,11 @@ class PersonSearchRCNN(DistillationStudent, GeneralizedRCNN):
         features = self.backbone(images.tensor)
         given, scaled = [], []
         for inputs, (input_h, input_w) in zip(batched_inputs, images.image_sizes):
-            boxes = torch.as_tensor(inputs[key], dtype=torch.float32, device=self.device)
-            if boxes.numel() == 0:
-                boxes = boxes.reshape(0, 4)
-            if boxes.dim() != 2 or boxes.shape[1] != 4:
-                raise ValueError(
-                    f"{key} of {inputs.get('file_name', 'an input')}: expected shape (K, 4) "
-                    f"XYXY, got {tuple(boxes.shape)}"
-                )
-            height, width = inputs.get("height", input_h), inputs.get("width", input_w)
-            # Inverse of detector_postprocess: original-image -> network-input coordinates.
-            scale = boxes.new_tensor([input_w / width, input_h / height] * 2)
+            boxes, input_boxes = self._given_boxes(inputs, key, (input_h, input_w))
             inst = Instances((input_h, input_w))
-            inst.pred_boxes = Boxes(boxes * scale)
+            inst.pred_boxes = input_boxes
             scaled.append(inst)
-            given.append((boxes, (height, width)))
+            given.append((boxes, (inputs.get("height", input_h), inputs.get("width", input_w))))
         scaled = self.roi_heads.forward_with_given_boxes(features, scaled)
         results = []
         for (boxes, image_size), inst in zip(given, scaled):

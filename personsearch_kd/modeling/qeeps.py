@@ -77,7 +77,7 @@ class SiameseQSSE(nn.Module):
         for name, stage in zip(backbone.stage_names, backbone.stages):
             for i, block in enumerate(stage):
                 qsse = self.blocks[f"{name}_{i}"] if f"{name}_{i}" in self.blocks else None
-                if qsse is None:
+                if qsse is None:  # a stage without QSSE: the block itself
                     q, g = block(q), block(g)
                     continue
                 (q_res, q_short), (g_res, g_short) = (_residual_branch(block, x) for x in (q, g))
@@ -139,8 +139,9 @@ class QEEPS(PersonSearchRCNN):
 
     def _inference(self, batched_inputs):
         raise NotImplementedError(
-            "QEEPS searches query-gallery pairs: call search_pair(queries, galleries); the "
-            "evaluation over all pairs is not implemented yet (set DATASETS.TEST to ())"
+            "QEEPS searches query-gallery pairs: call search_pair(queries, galleries); its "
+            "evaluation runs every pair (personsearch_kd.evaluation.pair_search, "
+            "tools/evaluate_pairs.py, train_net.py's test)"
         )
 
     def _pair_features(self, queries: List[Dict], galleries: List[Dict]):
@@ -219,11 +220,10 @@ class QEEPS(PersonSearchRCNN):
         """
         assert not self.training
         q_images, g_images, q_feats, g_feats = self._pair_features(queries, galleries)
-        query_boxes = []
-        for x, (h, w) in zip(queries, q_images.image_sizes):
-            box = torch.as_tensor(x["query_boxes"], dtype=torch.float32, device=self.device)
-            scale = box.new_tensor([w / x.get("width", w), h / x.get("height", h)] * 2)
-            query_boxes.append(Boxes(box.reshape(-1, 4)[:1] * scale))
+        query_boxes = [
+            self._given_boxes(x, "query_boxes", size)[1][:1]
+            for x, size in zip(queries, q_images.image_sizes)
+        ]
         proposals, _ = self.proposal_generator(g_images, g_feats)
         modulated = self._modulated(q_feats, g_feats, query_boxes)
         q_proposals, _ = self.qrpn(g_images, modulated)
