@@ -1,6 +1,8 @@
 # Copyright (c) personsearch_kd contributors. Licensed under the Apache License 2.0.
 """The evaluation of query-guided models: a pass per query-gallery pair, scored by the protocol."""
 
+import json
+
 import pytest
 
 pytest.importorskip("detectron2")
@@ -8,10 +10,13 @@ pytest.importorskip("detectron2")
 import torch  # noqa: E402
 
 from detectron2.data import DatasetCatalog, MetadataCatalog  # noqa: E402
+from detectron2.engine import launch  # noqa: E402
 from detectron2.structures import Boxes, Instances  # noqa: E402
 
 from personsearch_kd.data.datasets.records import query_record, set_metadata  # noqa: E402
-from personsearch_kd.evaluation import pair_search  # noqa: E402
+from personsearch_kd.evaluation import pair_search, top_gallery_images  # noqa: E402
+
+from helpers import end_distributed_worker  # noqa: E402
 
 PERSON_0 = [10.0, 10.0, 40.0, 90.0]
 PERSON_1 = [60.0, 10.0, 90.0, 90.0]
@@ -44,29 +49,36 @@ class PairModel:
         return results
 
 
-@pytest.fixture
-def pair_set():
+def _register_pair_set(name):
     """Gallery: person 0 in images 1 and 2, person 1 in 2 and 3; one query of person 0 in 0."""
     images = [_image(0, [(0, PERSON_0)]), _image(1, [(0, PERSON_0)]),
               _image(2, [(0, PERSON_1), (1, PERSON_0)]), _image(3, [(1, PERSON_1)])]  # fmt: skip
-    name = "pair_search_test"
     query = query_record(images[0], PERSON_0, 0, 0)
     DatasetCatalog.register(name, lambda: images[1:] + [query])
     set_metadata(name, ("all",))
+
+
+@pytest.fixture
+def pair_set():
+    name = "pair_search_test"
+    _register_pair_set(name)
     yield name
     DatasetCatalog.remove(name)
     MetadataCatalog.remove(name)
 
 
+# Image 1: the person at similarity 0.9. Image 2: a wrong person at 0.8, the person at 0.3 (person
+# 1 stands where person 0 stood in image 1). Image 3: a wrong person at 0.5, and a detection under
+# the search threshold that is never ranked.
+ANSWERS = {
+    (0, 1): [(PERSON_0, 0.99, 0.9)],
+    (0, 2): [(PERSON_0, 0.95, 0.8), (PERSON_1, 0.9, 0.3)],
+    (0, 3): [(PERSON_1, 0.9, 0.5), (PERSON_0, 0.2, 0.99)],
+}
+
+
 def test_pair_search_scores_each_querys_pairs_as_the_protocol_by_hand(pair_set):
-    # Image 1: the person at similarity 0.9. Image 2: a wrong person at 0.8, the person at 0.3
-    # (person 1 stands where person 0 stood in image 1). Image 3: a wrong person at 0.5, and a
-    # detection under the search threshold that is never ranked.
-    model = PairModel({
-        (0, 1): [(PERSON_0, 0.99, 0.9)],
-        (0, 2): [(PERSON_0, 0.95, 0.8), (PERSON_1, 0.9, 0.3)],
-        (0, 3): [(PERSON_1, 0.9, 0.5), (PERSON_0, 0.2, 0.99)],
-    })  # fmt: skip
+    model = PairModel(ANSWERS)
     results = pair_search(model, pair_set, mapper=lambda r: dict(r))
     assert sorted(model.pairs) == [(0, 1), (0, 2), (0, 3)]  # every pair once, not the own frame
     # Ranked: 0.9 hit, 0.8 miss, 0.5 miss, 0.3 hit: AP = (1/1 + 2/4) / 2, both persons found.
@@ -84,3 +96,45 @@ def test_pair_search_scores_each_querys_pairs_as_the_protocol_by_hand(pair_set):
     assert cosine["per_query"][0]["count_tp"] == 2
     with pytest.raises(ValueError, match="score='dot'"):
         pair_search(model, pair_set, mapper=lambda r: dict(r), score="dot")
+
+
+class GalleryModel:
+    """Stands in for a query-agnostic model: one detection per image with a fixed feature."""
+
+    FEATS = {0: [1.0, 0.0], 1: [0.6, 0.8], 2: [0.8, 0.6], 3: [0.0, 1.0]}
+
+    def __call__(self, inputs):
+        (record,) = inputs
+        inst = Instances((100, 100))
+        inst.scores = torch.ones(1)
+        inst.reid_feats = torch.tensor([self.FEATS[record["image_id"]]])
+        return [{"instances": inst}]
+
+
+def _search_on_two_ranks(name, out_dir):
+    from detectron2.utils import comm
+
+    _register_pair_set(name)  # spawned workers start from a fresh catalog
+    model = PairModel(ANSWERS)
+    results = pair_search(model, name, mapper=lambda r: dict(r), batch_size=1)
+    top = top_gallery_images(GalleryModel(), name, lambda r: dict(r), top_n=2)
+    with open(f"{out_dir}/rank{comm.get_rank()}.json", "w") as f:
+        json.dump({"pairs": model.pairs, "results": results, "top": top}, f)
+    end_distributed_worker()
+
+
+def test_two_processes_share_the_pairs_and_the_main_one_scores_them_all(pair_set, tmp_path):
+    alone = pair_search(PairModel(ANSWERS), pair_set, mapper=lambda r: dict(r))
+    top_alone = top_gallery_images(GalleryModel(), pair_set, lambda r: dict(r), top_n=2)
+    assert top_alone == {0: [2, 1]}  # cosine with the query (image 0): 0.8, 0.6, 0.0
+    launch(_search_on_two_ranks, num_gpus_per_machine=2, dist_url="auto",
+           args=("pair_search_two_ranks", str(tmp_path)))  # fmt: skip
+    ranks = [json.load(open(tmp_path / f"rank{r}.json")) for r in (0, 1)]
+    run = [tuple(pair) for rank in ranks for pair in rank["pairs"]]
+    assert sorted(run) == [(0, 1), (0, 2), (0, 3)]  # every pair once, over both processes
+    assert all(rank["pairs"] for rank in ranks)  # and each process ran some
+    assert ranks[1]["results"] == {}
+    assert ranks[0]["results"]["mAP"] == pytest.approx(alone["mAP"])
+    assert ranks[0]["results"]["per_query"] == json.loads(json.dumps(alone["per_query"]))
+    # Every process gets the whole pre-filter.
+    assert all(rank["top"] == {"0": [2, 1]} for rank in ranks)

@@ -18,7 +18,7 @@ from detectron2.modeling import build_model  # noqa: E402
 
 from personsearch_kd.data.datasets.records import query_record, set_metadata  # noqa: E402
 from personsearch_kd import add_teacher  # noqa: E402
-from personsearch_kd.engine import PersonSearchPredictor  # noqa: E402
+from personsearch_kd.engine import PersonSearchPredictor, build_trained_student  # noqa: E402
 from personsearch_kd.layers import save_lut_file  # noqa: E402
 
 from helpers import NUM_IDS, det_teacher, load_tool, set_seed, synthetic_record, tiny_cfg  # noqa
@@ -96,6 +96,13 @@ def test_eval_predictor_and_demo_without_teacher_files(tmp_path, tiny_test_set, 
 
     predictor = PersonSearchPredictor(cfg)
     assert torch.allclose(predictor.embed_query(image, QUERY_BOX), expected, atol=1e-5)
+
+    # The tools' loader (evaluate_pairs, evaluate_two_step, benchmark, export_lut): same student.
+    student = build_trained_student(cfg, cfg.MODEL.WEIGHTS)
+    assert not student.training
+    with torch.no_grad():
+        loaded = student([dict(inputs, query_boxes=[QUERY_BOX])])[0]["instances"].reid_feats[0]
+    assert torch.allclose(loaded, expected, atol=1e-5)
     assert "reid_feats" in predictor(image)["instances"].get_fields()
 
     demo = load_tool("search_demo")

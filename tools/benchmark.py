@@ -83,19 +83,15 @@ class GalleryTimer(nn.Module):
 
 def evaluate(config_file, opts, json_file):
     """Child process: evaluate OUTPUT_DIR/model_final.pth with real and random features."""
-    from detectron2.checkpoint import DetectionCheckpointer
     from detectron2.evaluation import DatasetEvaluators, inference_on_dataset
-    from detectron2.modeling import build_model
     from detectron2.utils.logger import setup_logger
 
-    from personsearch_kd import student_config
-    from personsearch_kd.engine import peak_memory_gb
+    from personsearch_kd.engine import build_trained_student, peak_memory_gb
     from personsearch_kd.evaluation import PersonSearchEvaluator, RandomFeatureEvaluator
 
     setup_logger()
     cfg = load_cfg(config_file, opts)
-    model = build_model(student_config(cfg))
-    DetectionCheckpointer(model).load(os.path.join(cfg.OUTPUT_DIR, "model_final.pth"))
+    model = build_trained_student(cfg, os.path.join(cfg.OUTPUT_DIR, "model_final.pth"))
     (dataset,) = cfg.DATASETS.TEST
     thresholds = dict(
         search_score_thresh=cfg.TEST.PERSON_SEARCH.SEARCH_SCORE_THRESH,

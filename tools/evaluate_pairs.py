@@ -5,7 +5,8 @@ Search evaluation of a query-guided model (QEEPS): every query against every ima
 gallery, one pair pass each (O(queries x gallery), with a progress bar and ETA), scored by the
 person-search protocol; prints one Markdown row per test set. ``--top-n N`` runs only the N
 gallery images a query-agnostic model (``--prefilter-config/-weights``, e.g. the OIM model QEEPS
-started from) ranks first for each query; off by default.
+started from) ranks first for each query; off by default. With --num-gpus N (detectron2's
+launcher; processes on CPU too) the pairs are shared among N processes.
 
     python tools/evaluate_pairs.py --config-file configs/mot15/qeeps_R_18_C4_cpu.yaml \
         --weights output/mot15_qeeps_R_18_C4_cpu/model_final.pth --dataset mot15_ps_mini_test \
@@ -15,19 +16,18 @@ started from) ranks first for each query; off by default.
 
 import argparse
 
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.data import DatasetMapper
-from detectron2.modeling import build_model
+from detectron2.engine import launch
+from detectron2.utils import comm
 
-from personsearch_kd import load_config, student_config
+from personsearch_kd import load_config
+from personsearch_kd.engine import build_trained_student
 from personsearch_kd.evaluation import pair_search, top_gallery_images
 
 
 def _model(config_file, weights, opts=()):
-    cfg = student_config(load_config(config_file, opts))
-    model = build_model(cfg).eval()
-    DetectionCheckpointer(model).load(weights)
-    return cfg, model
+    cfg = load_config(config_file, opts)
+    return cfg, build_trained_student(cfg, weights)
 
 
 def evaluate(args):
@@ -68,13 +68,18 @@ def build_parser():
     parser.add_argument("--top-n", type=int, default=0, help="gallery images per query (0: all)")
     parser.add_argument("--prefilter-config")
     parser.add_argument("--prefilter-weights")
+    parser.add_argument("--num-gpus", type=int, default=1, help="processes per machine")
+    parser.add_argument("--num-machines", type=int, default=1)
+    parser.add_argument("--machine-rank", type=int, default=0)
+    parser.add_argument("--dist-url", default="auto")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides")
     return parser
 
 
-def main(argv=None):
-    args = build_parser().parse_args(argv)
+def evaluate_and_print(args):
     results = evaluate(args)
+    if not comm.is_main_process():
+        return {}
     print("| dataset | score | gallery | mAP | top-1 | top-5 | top-10 |")
     print("|---|---|---|---|---|---|---|")
     gallery = f"top {args.top_n}" if args.top_n else "all"
@@ -84,6 +89,22 @@ def main(argv=None):
             f"| {100 * r['top5']:.2f} | {100 * r['top10']:.2f} |"
         )
     return results
+
+
+def main(argv=None):
+    """The results, when run in this process (one process); printed either way."""
+    args = build_parser().parse_args(argv)
+    if args.num_gpus * args.num_machines == 1:
+        return evaluate_and_print(args)
+    launch(
+        evaluate_and_print,
+        args.num_gpus,
+        num_machines=args.num_machines,
+        machine_rank=args.machine_rank,
+        dist_url=args.dist_url,
+        args=(args,),
+    )
+    return None
 
 
 if __name__ == "__main__":

@@ -14,20 +14,17 @@ Two-step person search: a detector's boxes (e.g. DET_18 / DET_50), then a re-ID 
 
 import argparse
 
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.data import build_detection_test_loader
 from detectron2.evaluation import inference_on_dataset
-from detectron2.modeling import build_model
 
-from personsearch_kd import load_config, student_config
+from personsearch_kd import load_config
+from personsearch_kd.engine import build_trained_student
 from personsearch_kd.evaluation import PersonSearchEvaluator, TwoStepSearch
 
 
 def _model(config_file, weights, opts=()):
-    cfg = load_config(config_file, opts, freeze=False)
-    model = build_model(student_config(cfg)).eval()
-    DetectionCheckpointer(model).load(weights)
-    return cfg, model
+    cfg = load_config(config_file, opts)
+    return cfg, build_trained_student(cfg, weights)
 
 
 def evaluate(args):

@@ -18,14 +18,13 @@ The file format is documented in personsearch_kd/layers/lut_file.py.
 import argparse
 import logging
 
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.data import DatasetCatalog
 from detectron2.engine import launch
-from detectron2.modeling import build_model
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
-from personsearch_kd import load_config, student_config
+from personsearch_kd import load_config
+from personsearch_kd.engine import build_trained_student
 from personsearch_kd.engine.teacher_lut import (
     OIM_LUT_KEY,
     labeled_box_queries,
@@ -87,8 +86,8 @@ def export(args) -> None:
         dataset = args.dataset or list(cfg.DATASETS.TRAIN)
         dicts = [d for name in dataset for d in DatasetCatalog.get(name)]
         queries = labeled_box_queries(dicts)
-        model = build_model(student_config(cfg))  # a distilled teacher needs no teacher of its own
-        DetectionCheckpointer(model).load(args.weights)
+        # A distilled teacher needs no teacher of its own.
+        model = build_trained_student(cfg, args.weights)
         result = teacher_box_features(model, queries, cfg, cfg.DATALOADER.NUM_WORKERS)
         if result is None:  # not the main process
             return

@@ -80,11 +80,9 @@ class Trainer(DefaultTrainer):
     @classmethod
     def test_pairs(cls, cfg, model):
         """
-        A query-guided model (QEEPS) searched pair by pair (:func:`pair_search`), in percent, on
-        the main process (the pairs are not yet shared among processes).
+        A query-guided model (QEEPS) searched pair by pair (:func:`pair_search`: the pairs are
+        shared among the processes), in percent, on the main process; {} on the others.
         """
-        if not comm.is_main_process():
-            return {}
         results = OrderedDict()
         model = getattr(model, "module", model)  # DDP-wrapped in training
         with inference_context(model):
@@ -93,9 +91,10 @@ class Trainer(DefaultTrainer):
                     model, name, DatasetMapper(cfg, False),
                     search_thresh=cfg.TEST.PERSON_SEARCH.SEARCH_SCORE_THRESH,
                 )  # fmt: skip
-                metrics = {k: 100.0 * found[k] for k in ("mAP", "top1", "top5", "top10")}
-                logger.info(f"{name}: pair search {metrics}")
-                results[name] = {"person_search": metrics}
+                if found:  # the main process
+                    metrics = {k: 100.0 * found[k] for k in ("mAP", "top1", "top5", "top10")}
+                    logger.info(f"{name}: pair search {metrics}")
+                    results[name] = {"person_search": metrics}
         return next(iter(results.values())) if len(results) == 1 else results
 
     def build_hooks(self):

@@ -1,12 +1,13 @@
 # Copyright (c) personsearch_kd contributors. Licensed under the Apache License 2.0.
 from .checkpoint import SafeCheckpointer, non_finite_tensors
 from .hooks import PeakMemory, peak_memory_gb
-from .predictor import PersonSearchPredictor
+from .predictor import PersonSearchPredictor, build_trained_student
 
 __all__ = [
     "PeakMemory",
     "PersonSearchPredictor",
     "SafeCheckpointer",
+    "build_trained_student",
     "non_finite_tensors",
     "peak_memory_gb",
 ]

@@ -4,11 +4,25 @@ from typing import Dict, Iterable, List, Sequence, Tuple
 import numpy as np
 import torch
 
+from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.engine import DefaultPredictor
+from detectron2.modeling import build_model
 
 from ..config import student_config
 
-__all__ = ["PersonSearchPredictor"]
+__all__ = ["PersonSearchPredictor", "build_trained_student"]
+
+
+def build_trained_student(cfg, weights: str = "") -> torch.nn.Module:
+    """
+    The student of ``cfg`` alone (:func:`student_config`: no teacher is built, so teacher files
+    may be gone), in eval mode, with ``weights`` loaded (a detectron2 checkpoint; nothing is
+    loaded when empty). For the evaluation and export tools.
+    """
+    model = build_model(student_config(cfg)).eval()
+    if weights:
+        DetectionCheckpointer(model).load(weights)
+    return model
 
 
 class PersonSearchPredictor(DefaultPredictor):
