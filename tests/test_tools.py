@@ -208,8 +208,8 @@ def test_benchmark_inference_rows_per_setting_with_stage_shares(tmp_path):
          "--warmup", "0"]
     )  # fmt: skip
     assert [(r[1], r[2]) for r in rows] == [(0, "fp32"), (0, "bf16"), (1, "fp32"), (1, "bf16")]
-    for _, on_proposals, _, _, rate, seconds, shares, _ in rows:
-        assert rate > 0 and seconds > 0
+    for _, on_proposals, _, _, rate, seconds, found, shares, _ in rows:
+        assert rate > 0 and seconds > 0 and found >= 0
         assert sum(shares.values()) == pytest.approx(1.0, abs=0.02)
         assert shares["backbone"] > 0 and shares["res5 detection"] > 0
         # Re-ID on the proposals needs no second res5 pass.
@@ -231,3 +231,91 @@ def test_gpu_session_script_runs_its_steps_at_toy_sizes_on_cpu(tmp_path):
     table = (out / "train_and_evaluate.md").read_text()
     row = [line for line in table.splitlines() if line.startswith("| configs/mot15/oim_R_18")]
     assert len(row) == 1 and row[0].split("|")[2].strip() == "2"  # iterations trained
+
+
+def test_benchmark_train_step_under_two_processes_times_the_oim_memory_sync():
+    # Two CPU processes under DDP: the OIM all-gather runs in every step and is timed from its
+    # profiler label.
+    baseline = os.path.join(CONFIGS, "scratch", "oim_R_18_C4_scratch.yaml")
+    result = subprocess.run(
+        [sys.executable, os.path.join(REPO_ROOT, "tools", "benchmark_train_step.py")]
+        + ["--config-file", baseline, "--height", "96", "--width", "128", "--num-gpus", "2"]
+        + ["--batch", "1", "--persons", "2", "--warmup", "0", "--iters", "2"]
+        + ["MODEL.DEVICE", "cpu", "MODEL.OIM.NUM_IDS", "4", "MODEL.OIM.QUEUE_SIZE", "8"]
+        + ["MODEL.RPN.POST_NMS_TOPK_TRAIN", "50", "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", "16"],
+        capture_output=True, text=True, check=True,
+        env=dict(os.environ, OMP_NUM_THREADS="1"),
+    )  # fmt: skip
+    assert "2 processes (DDP)" in result.stdout
+    rows = [
+        line for line in result.stdout.splitlines() if line.startswith("| ") and "---" not in line
+    ]
+    assert len(rows) == 2  # the header and one row: only the main process prints
+    assert rows[0].endswith("| OIM sync ms | OIM sync share |")
+    cells = [c.strip() for c in rows[1].strip("|").split("|")]
+    sync_ms, share = float(cells[9]), float(cells[10].rstrip(" %"))
+    assert sync_ms > 0 and 0 < share < 100
+
+
+SEQNET_STAND_IN = {
+    "defaults.py": """
+from yacs.config import CfgNode as CN
+_C = CN()
+_C.INPUT = CN()
+_C.INPUT.MIN_SIZE, _C.INPUT.MAX_SIZE = 900, 1500
+_C.MODEL = CN()
+_C.MODEL.ROI_HEAD = CN()
+_C.MODEL.ROI_HEAD.SCORE_THRESH_TEST = 0.5
+def get_default_cfg():
+    return _C.clone()
+""",
+    "models/__init__.py": "",
+    "models/resnet.py": """
+def build_resnet(name="resnet50", pretrained=True):
+    if pretrained:
+        raise RuntimeError("would download ImageNet weights")
+    return name
+""",
+    "models/seqnet.py": """
+import torch
+from torch import nn
+from models.resnet import build_resnet
+class SeqNet(nn.Module):
+    def __init__(self, cfg):
+        super().__init__()
+        self.backbone = build_resnet(name="resnet50", pretrained=True)
+        self.cfg = cfg
+    def forward(self, images):
+        n = int(100 * (1 - self.cfg.MODEL.ROI_HEAD.SCORE_THRESH_TEST))
+        return [{"boxes": torch.zeros(n, 4), "size": tuple(i.shape), "max": float(i.max())}
+                for i in images]
+""",
+}
+
+
+def test_benchmark_inference_times_seqnet_from_a_checkout_without_downloading(tmp_path):
+    # A stand-in for a serend1p1ty/SeqNet checkout with the names the benchmark uses.
+    root = tmp_path / "SeqNet"
+    for name, text in SEQNET_STAND_IN.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_text(text)
+    from personsearch_kd.utils import seqnet_reference as baseline
+    model = baseline.build_seqnet(str(root), height=96, width=128, score_thresh=0.25)
+    assert model.backbone == "resnet50" and not model.training  # random weights, eval mode
+    assert (model.cfg.INPUT.MIN_SIZE, model.cfg.INPUT.MAX_SIZE) == (96, 128)  # no resize
+    import torch
+
+    images = torch.full((2, 3, 96, 128), 255, dtype=torch.uint8)
+    (out, _) = model(baseline.seqnet_gallery_inputs(images, "cpu"))
+    assert out["size"] == (3, 96, 128) and out["max"] == 1.0  # floats in [0, 1]
+
+    config_file = tmp_path / "tiny.yaml"
+    config_file.write_text(tiny_cfg(18).dump())
+    rows = load_tool("benchmark_inference").main(
+        ["--config-files", str(config_file), "--height", "96", "--width", "128", "--iters", "1",
+         "--warmup", "0", "--seqnet-root", str(root), "--score-thresh", "0.25"]
+    )  # fmt: skip
+    assert [r[0] for r in rows] == [str(config_file), "SeqNet"]
+    seqnet = rows[1]
+    assert seqnet[4] > 0 and seqnet[6] == 75  # images/s; its detections at score_thresh 0.25
+    assert seqnet[7] == {}  # no stage shares

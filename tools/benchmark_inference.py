@@ -11,6 +11,15 @@ change in the machine's load hits all alike.
         --height 576 --width 768 --precision fp32 bf16 --iters 5 MODEL.DEVICE cpu
     python tools/benchmark_inference.py --config-files configs/mot15/oim_R_18_C4_cpu.yaml \
         --reid-on-proposals 0 1 MODEL.WEIGHTS output/mot15_oim_R_18_C4_cpu/model_final.pth
+
+--seqnet-root PATH (a checkout of serend1p1ty/SeqNet) adds SeqNet, fp32 with random weights and
+its default settings, as one more alternated row (personsearch_kd/utils/seqnet_reference.py); give our configs the
+same settings to compare, e.g. for R50-C4:
+
+    python tools/benchmark_inference.py --config-files configs/scratch/oim_R_50_C4_scratch.yaml \
+        --height 900 --width 1500 --precision fp32 bf16 --reid-on-proposals 0 1 \
+        --seqnet-root ../SeqNet --score-thresh 0 MODEL.DEVICE cpu MODEL.RPN.PRE_NMS_TOPK_TEST 6000 \
+        MODEL.RPN.POST_NMS_TOPK_TEST 300 TEST.DETECTIONS_PER_IMAGE 300
 """
 
 import argparse
@@ -21,11 +30,12 @@ from collections import defaultdict
 
 import torch
 
-from detectron2.checkpoint import DetectionCheckpointer
-from detectron2.modeling import build_model
-
-from personsearch_kd import load_config, student_config
+from personsearch_kd import load_config
+from personsearch_kd.engine import build_trained_student
 from personsearch_kd.engine.hooks import peak_memory_gb
+from personsearch_kd.utils.seqnet_reference import build_seqnet, seqnet_gallery_inputs
+
+SEQNET = "SeqNet"
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 
@@ -80,14 +90,46 @@ class StageTimer:
         self.res5_calls = 0
 
 
-def _model(config_file, opts, reid_on_proposals):
+def _model(config_file, opts, reid_on_proposals, score_thresh=None):
     cfg = load_config(config_file, opts, freeze=False)
     cfg.TEST.PERSON_SEARCH.REID_ON_PROPOSALS = bool(reid_on_proposals)
-    cfg = student_config(cfg)
-    model = build_model(cfg).eval()
-    if cfg.MODEL.WEIGHTS:
-        DetectionCheckpointer(model).load(cfg.MODEL.WEIGHTS)
-    return cfg, model
+    if score_thresh is not None:
+        cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST = score_thresh
+    return cfg, build_trained_student(cfg, cfg.MODEL.WEIGHTS)
+
+
+def _forward(setting, built, images, args):
+    """Seconds of one forward of ``setting`` on ``images``, detections per image, stage times."""
+    config_file, on_proposals, precision, channels_last = setting
+    if config_file == SEQNET:
+        device, model, timer = args.seqnet_device, built[SEQNET], None
+        inputs = seqnet_gallery_inputs(images, device)
+    else:
+        cfg, model = built[config_file, on_proposals]
+        device = cfg.MODEL.DEVICE
+        model = model.to(memory_format=torch.channels_last) if channels_last else model
+        inputs = [
+            {"image": image.float().to(device), "height": args.height, "width": args.width}
+            for image in images
+        ]
+        timer = StageTimer(model, device)
+        model.inference_precision = precision  # TEST.PERSON_SEARCH.PRECISION
+    if device.startswith("cuda"):  # on CPU the peak is the process's so far
+        torch.cuda.reset_peak_memory_stats()
+    start = time.perf_counter()
+    with torch.no_grad():
+        outputs = model(inputs)
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    elapsed = time.perf_counter() - start
+    if timer is None:
+        return elapsed, statistics.mean(len(o["boxes"]) for o in outputs), {}, device
+    for handle in timer.handles:
+        handle.remove()
+    if channels_last:
+        model.to(memory_format=torch.contiguous_format)
+    found = statistics.mean(len(o["instances"]) for o in outputs)
+    return elapsed, found, timer.seconds, device
 
 
 def measure(args):
@@ -100,48 +142,38 @@ def measure(args):
     built = {}
     for config_file, on_proposals, _, _ in settings:
         if (config_file, on_proposals) not in built:
-            built[config_file, on_proposals] = _model(config_file, args.opts, on_proposals)
+            built[config_file, on_proposals] = _model(
+                config_file, args.opts, on_proposals, args.score_thresh
+            )
+    if args.seqnet_root:
+        built[SEQNET] = build_seqnet(
+            args.seqnet_root, args.height, args.width, args.score_thresh, args.seqnet_device
+        )
+        settings.append((SEQNET, "-", "fp32", 0))
     times = defaultdict(list)
+    detections = defaultdict(list)
     stages = defaultdict(lambda: defaultdict(float))
     memory = {}
     generator = torch.Generator().manual_seed(0)
     images = torch.randint(0, 256, (args.batch, 3, args.height, args.width), generator=generator)
     for iteration in range(args.warmup + args.iters):
         for setting in settings:  # alternated: load changes hit every setting alike
-            config_file, on_proposals, precision, channels_last = setting
-            cfg, model = built[config_file, on_proposals]
-            device = cfg.MODEL.DEVICE
-            model = model.to(memory_format=torch.channels_last) if channels_last else model
-            inputs = [
-                {"image": image.float().to(device), "height": args.height, "width": args.width}
-                for image in images
-            ]
-            timer = StageTimer(model, device)
-            model.inference_precision = precision  # TEST.PERSON_SEARCH.PRECISION
-            if device.startswith("cuda"):  # on CPU the peak is the process's so far
-                torch.cuda.reset_peak_memory_stats()
-            start = time.perf_counter()
-            with torch.no_grad():
-                model(inputs)
-            if device.startswith("cuda"):
-                torch.cuda.synchronize()
-            elapsed = time.perf_counter() - start
-            for handle in timer.handles:
-                handle.remove()
+            elapsed, found, seconds, device = _forward(setting, built, images, args)
             if iteration >= args.warmup:
                 times[setting].append(elapsed)
-                for name, seconds in timer.seconds.items():
-                    stages[setting][name] += seconds / args.iters
+                detections[setting].append(found)
+                for name, stage_seconds in seconds.items():
+                    stages[setting][name] += stage_seconds / args.iters
                 memory[setting] = max(memory.get(setting, 0.0), peak_memory_gb(device))
-            if channels_last:
-                model.to(memory_format=torch.contiguous_format)
     rows = []
     for setting in settings:
         median = statistics.median(times[setting])
         mean = statistics.mean(times[setting])
         shares = {k: v / mean for k, v in stages[setting].items()}
-        shares["postprocess and rest"] = max(0.0, 1.0 - sum(shares.values()))
-        rows.append((*setting, args.batch / median, median, shares, memory[setting]))
+        if shares:  # SeqNet's stages are not timed
+            shares["postprocess and rest"] = max(0.0, 1.0 - sum(shares.values()))
+        found = statistics.mean(detections[setting])
+        rows.append((*setting, args.batch / median, median, found, shares, memory[setting]))
     return rows
 
 
@@ -168,20 +200,29 @@ def main(argv=None):
     parser.add_argument("--reid-on-proposals", nargs="+", type=int, default=[0], choices=[0, 1])
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--iters", type=int, default=5)
+    parser.add_argument(
+        "--score-thresh",
+        type=float,
+        help="MODEL.ROI_HEADS.SCORE_THRESH_TEST of every model, SeqNet's too (random weights "
+        "score near 0.5: 0 gives every model its maximum of detections)",
+    )
+    parser.add_argument("--seqnet-root", help="a checkout of serend1p1ty/SeqNet: time it too")
+    parser.add_argument("--seqnet-device", default="cpu")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE for every config")
     args = parser.parse_args(argv)
     rows = measure(args)
     print(
-        "| config | re-ID on proposals | precision | channels_last | images/s | s/forward | "
+        "| config | re-ID on proposals | precision | channels_last | images/s | s/forward "
+        "| detections/image | "
         + " | ".join(f"{s} %" for s in STAGES)
         + " | peak GB |"
     )
-    print("|" + "---|" * (7 + len(STAGES)))
-    for config_file, on_proposals, precision, cl, rate, median, shares, gb in rows:
-        cells = " | ".join(f"{100 * shares.get(s, 0.0):.1f}" for s in STAGES)
+    print("|" + "---|" * (8 + len(STAGES)))
+    for config_file, on_proposals, precision, cl, rate, median, found, shares, gb in rows:
+        cells = " | ".join(f"{100 * shares.get(s, 0.0):.1f}" if shares else "-" for s in STAGES)
         print(
             f"| {config_file} | {on_proposals} | {precision} | {cl} | {rate:.2f} | {median:.3f} "
-            f"| {cells} | {gb:.2f} |"
+            f"| {found:.1f} | {cells} | {gb:.2f} |"
         )
     return rows
 

@@ -9,6 +9,11 @@ many boxes per image as the student samples, without gradients; KD_det should co
 step plus about that. Nothing is read from disk but the configs (and the LUT files and teacher
 checkpoints they name).
 
+With --num-gpus N (detectron2's launcher; N CPU processes over gloo without a GPU) every process
+steps its own batch under DDP, and the table adds the OIM memory sync (the all-gather of each
+step's labeled features, read from its profiler label in extra profiled steps): its milliseconds
+per step and its share of the step, on the main process.
+
     python tools/benchmark_train_step.py --config-file configs/scratch/oim_R_18_C4_scratch.yaml \
         configs/scratch/oim_R_50_C4_scratch.yaml --height 576 --width 768 --batch 2 \
         MODEL.DEVICE cpu
@@ -23,15 +28,19 @@ import statistics
 import time
 
 import torch
+from torch.nn.parallel import DistributedDataParallel
 
+from detectron2.engine import launch
 from detectron2.modeling import build_model
 from detectron2.structures import Boxes, Instances
+from detectron2.utils import comm
 from detectron2.utils.events import EventStorage
 
 from personsearch_kd import load_config
 from personsearch_kd.engine import peak_memory_gb
 from personsearch_kd.distillation import DetectorTeacher
 from personsearch_kd.modeling import StudentRecord
+from personsearch_kd.modeling.reid_losses import OIM_SYNC_LABEL
 
 
 def synthetic_batch(batch: int, height: int, width: int, persons: int, num_ids: int, seed: int):
@@ -73,7 +82,15 @@ def build_config(config_file: str, args, precision: str = "fp32"):
     """The model, optimizer and batch of one config at one precision, ready to step."""
     cfg = load_config(config_file, args.opts, freeze=False)
     torch.manual_seed(0)
+    seed = comm.get_rank()  # each process its own batch
     model = build_model(cfg).train()
+    step_model = model
+    if comm.get_world_size() > 1:
+        # As detectron2's trainer (buffers not broadcast); on CPU, DDP takes no device_ids.
+        on_gpu = model.device.type == "cuda"
+        step_model = DistributedDataParallel(
+            model, device_ids=[comm.get_local_rank()] if on_gpu else None, broadcast_buffers=False
+        )
     fp16_on_gpu = precision == "fp16" and model.device.type == "cuda"
     return {
         "config": config_file,
@@ -82,19 +99,21 @@ def build_config(config_file: str, args, precision: str = "fp32"):
         "scaler": torch.amp.GradScaler("cuda") if fp16_on_gpu else None,
         "cfg": cfg,
         "model": model,
+        "step_model": step_model,
         "optimizer": torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9),
         # Crop networks step on their configured P x K batch of crops; detectors on images.
         "inputs": (
             synthetic_crops(
-                cfg.SOLVER.IMS_PER_BATCH, cfg.INPUT.REID_CROP.SIZE, cfg.MODEL.OIM.NUM_IDS, seed=0
+                cfg.SOLVER.IMS_PER_BATCH, cfg.INPUT.REID_CROP.SIZE, cfg.MODEL.OIM.NUM_IDS, seed
             )
             if cfg.DATALOADER.PERSON_CROPS
             else synthetic_batch(
-                args.batch, args.height, args.width, args.persons, cfg.MODEL.OIM.NUM_IDS, seed=0
+                args.batch, args.height, args.width, args.persons, cfg.MODEL.OIM.NUM_IDS, seed
             )
         ),
         "times": [],
         "teacher_times": [],
+        "sync_shares": [],
     }
 
 
@@ -108,7 +127,7 @@ def train_step(run: dict) -> float:
     start = time.perf_counter()
     dtype = AUTOCAST_DTYPES[run["precision"]]
     with torch.autocast(run["model"].device.type, dtype=dtype, enabled=dtype is not None):
-        losses = run["model"](run["inputs"])
+        losses = run["step_model"](run["inputs"])
     run["optimizer"].zero_grad()
     total = sum(losses.values())
     if run["scaler"] is None:
@@ -120,6 +139,14 @@ def train_step(run: dict) -> float:
         run["scaler"].update()
     _synchronize(run["model"])
     return time.perf_counter() - start
+
+
+def sync_share(run: dict) -> float:
+    """Seconds of the OIM memory sync in one profiled training step of ``run``, and the step's."""
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profile:
+        seconds = train_step(run)
+    events = [e for e in profile.key_averages() if e.key == OIM_SYNC_LABEL]
+    return sum(e.cpu_time_total for e in events) / 1e6, seconds
 
 
 def detector_teachers(model) -> list:
@@ -167,6 +194,10 @@ def time_configs(args) -> list:
                 if i >= args.warmup:
                     run["times"].append(seconds)
                     run["teacher_times"].append(teacher)
+        if comm.get_world_size() > 1:
+            for _ in range(args.iters):
+                for run in runs:
+                    run["sync_shares"].append(sync_share(run))
     reference = statistics.median(runs[0]["times"])
     return [
         {
@@ -185,6 +216,15 @@ def time_configs(args) -> list:
             "ratio": statistics.median(run["times"]) / reference,
             "teacher": (
                 statistics.median(run["teacher_times"]) if detector_teachers(run["model"]) else None
+            ),
+            # Median over the profiled steps of (sync seconds, its share of that step).
+            "sync": (
+                (
+                    statistics.median(s for s, _ in run["sync_shares"]),
+                    statistics.median(s / step for s, step in run["sync_shares"]),
+                )
+                if run["sync_shares"]
+                else None
             ),
         }
         for run in runs
@@ -207,27 +247,44 @@ def main():
         choices=list(AUTOCAST_DTYPES),
         help="autocast precisions, each stepped in turn with every config (fp16: GradScaler)",
     )
+    parser.add_argument(
+        "--num-gpus", type=int, default=1, help="processes (DDP), GPUs or CPU processes"
+    )
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides")
     args = parser.parse_args()
+    launch(print_table, args.num_gpus, dist_url="auto", args=(args,))
 
+
+def print_table(args):
     rows, peak_mib = time_configs(args)
+    if not comm.is_main_process():
+        return
+    world = comm.get_world_size()
     print(
         f"\nTraining step, batch {args.batch} of {args.width}x{args.height} synthetic images, "
         f"{args.persons} persons each; median (min) of {args.iters} steps after "
         f"{args.warmup} warm-up, configs stepped in turns in one process; torch "
         f"{torch.__version__}, {torch.get_num_threads()} threads; peak memory of the process "
-        f"{peak_mib:.0f} MiB\n"
+        f"{peak_mib:.0f} MiB"
+        + (f"; {world} processes (DDP), the main one's times" if world > 1 else "")
+        + "\n"
     )
+    sync = " | OIM sync ms | OIM sync share" if world > 1 else ""
     print(
         "| config | precision | depth | device | ROIs/img | s/step median | s/step min "
-        "| x first row | teacher forward s median |"
+        f"| x first row | teacher forward s median{sync} |"
     )
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|" + ("---|---|" if world > 1 else ""))
     for r in rows:
         teacher = "-" if r["teacher"] is None else f"{r['teacher']:.3f}"
+        sync = ""
+        if world > 1 and r["sync"] is None:
+            sync = " - | - |"
+        elif world > 1:
+            sync = f" {1e3 * r['sync'][0]:.2f} | {100 * r['sync'][1]:.2f} % |"
         print(
             f"| {r['config']} | {r['precision']} | R{r['depth']} | {r['device']} | {r['rois']} | "
-            f"{r['median']:.3f} | {r['min']:.3f} | {r['ratio']:.3f} | {teacher} |"
+            f"{r['median']:.3f} | {r['min']:.3f} | {r['ratio']:.3f} | {teacher} |{sync}"
         )
 
 

@@ -20,12 +20,15 @@ from ..layers.triplet_loss import batch_hard_triplet_loss
 from .reid_head import ReIDOutputs
 
 __all__ = [
+    "OIM_SYNC_LABEL",
     "REID_LOSS_REGISTRY",
     "OIMReIDLoss",
     "IdentityCrossEntropyLoss",
     "TripletReIDLoss",
     "build_reid_losses",
 ]
+
+OIM_SYNC_LABEL = "oim_memory_sync"
 
 REID_LOSS_REGISTRY = Registry("REID_LOSS")
 REID_LOSS_REGISTRY.__doc__ = """
@@ -43,8 +46,10 @@ def _gather_from_all_ranks(feats: torch.Tensor, pids: torch.Tensor):
     """
     if comm.get_world_size() == 1:
         return feats, pids
-    # Through CPU: comm.all_gather pickles over a gloo group whatever the training backend.
-    gathered = comm.all_gather((feats.cpu(), pids.cpu()))
+    # Through CPU: comm.all_gather pickles over a gloo group whatever the training backend. The
+    # label shows the sync in profiler traces; tools/benchmark_train_step.py --num-gpus reads it.
+    with torch.profiler.record_function(OIM_SYNC_LABEL):
+        gathered = comm.all_gather((feats.cpu(), pids.cpu()))
     return (
         torch.cat([f for f, _ in gathered]).to(feats.device),
         torch.cat([p for _, p in gathered]).to(pids.device),
