@@ -266,6 +266,7 @@ _C.INPUT.MIN_SIZE, _C.INPUT.MAX_SIZE = 900, 1500
 _C.MODEL = CN()
 _C.MODEL.ROI_HEAD = CN()
 _C.MODEL.ROI_HEAD.SCORE_THRESH_TEST = 0.5
+_C.MODEL.ROI_HEAD.DETECTIONS_PER_IMAGE_TEST = 300
 def get_default_cfg():
     return _C.clone()
 """,
@@ -286,7 +287,8 @@ class SeqNet(nn.Module):
         self.backbone = build_resnet(name="resnet50", pretrained=True)
         self.cfg = cfg
     def forward(self, images):
-        n = int(100 * (1 - self.cfg.MODEL.ROI_HEAD.SCORE_THRESH_TEST))
+        head = self.cfg.MODEL.ROI_HEAD
+        n = min(int(100 * (1 - head.SCORE_THRESH_TEST)), head.DETECTIONS_PER_IMAGE_TEST)
         return [{"boxes": torch.zeros(n, 4), "size": tuple(i.shape), "max": float(i.max())}
                 for i in images]
 """,
@@ -300,7 +302,7 @@ def test_benchmark_inference_times_seqnet_from_a_checkout_without_downloading(tm
         (root / name).parent.mkdir(parents=True, exist_ok=True)
         (root / name).write_text(text)
     from personsearch_kd.utils import seqnet_reference as baseline
-    model = baseline.build_seqnet(str(root), height=96, width=128, score_thresh=0.25)
+    model = baseline.build_seqnet(str(root), height=96, width=128, score_thresh=0.25, detections=50)
     assert model.backbone == "resnet50" and not model.training  # random weights, eval mode
     assert (model.cfg.INPUT.MIN_SIZE, model.cfg.INPUT.MAX_SIZE) == (96, 128)  # no resize
     import torch
@@ -308,6 +310,7 @@ def test_benchmark_inference_times_seqnet_from_a_checkout_without_downloading(tm
     images = torch.full((2, 3, 96, 128), 255, dtype=torch.uint8)
     (out, _) = model(baseline.seqnet_gallery_inputs(images, "cpu"))
     assert out["size"] == (3, 96, 128) and out["max"] == 1.0  # floats in [0, 1]
+    assert len(out["boxes"]) == 50  # at most `detections`
 
     config_file = tmp_path / "tiny.yaml"
     config_file.write_text(tiny_cfg(18).dump())
@@ -319,3 +322,18 @@ def test_benchmark_inference_times_seqnet_from_a_checkout_without_downloading(tm
     seqnet = rows[1]
     assert seqnet[4] > 0 and seqnet[6] == 75  # images/s; its detections at score_thresh 0.25
     assert seqnet[7] == {}  # no stage shares
+
+
+def test_calibrated_batchnorm_statistics_come_from_the_inputs_and_end_in_eval_mode():
+    import torch
+
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 1), torch.nn.BatchNorm2d(4)).eval()
+    model[0].bias.data.fill_(5.0)  # outputs centred near 5, not at the initial mean 0
+    images = torch.randn(2, 3, 8, 8)
+    load_tool("benchmark_inference").calibrate_batchnorm(model, images, passes=2)
+    norm = model[1]
+    assert not norm.training and norm.num_batches_tracked == 2
+    expected = model[0](images).transpose(0, 1).reshape(4, -1).mean(dim=1)
+    assert torch.allclose(norm.running_mean, expected.detach(), atol=1e-5)
+    out = model(images)  # now normalised by the inputs' own statistics
+    assert out.mean().abs() < 0.1

@@ -14,7 +14,14 @@ import torch
 __all__ = ["build_seqnet", "seqnet_gallery_inputs"]
 
 
-def build_seqnet(root: str, height: int, width: int, score_thresh: float, device: str = "cpu"):
+def build_seqnet(
+    root: str,
+    height: int,
+    width: int,
+    score_thresh: float,
+    detections: int = 300,
+    device: str = "cpu",
+):
     """
     SeqNet with its default settings (ResNet-50; proposals 12000/2000 in training, 6000/300 at
     test; 128 ROIs per image; LUT 5532, queue 5000; at most 300 detections), random weights:
@@ -24,7 +31,8 @@ def build_seqnet(root: str, height: int, width: int, score_thresh: float, device
         root: a checkout of serend1p1ty/SeqNet.
         height, width: the image size; SeqNet's resize is set to keep it.
         score_thresh: the box score under which detections are dropped at test time (SeqNet's
-            default is 0.5; with random weights 0 keeps the 300 a trained model may give).
+            default is 0.5; with random weights 0 keeps as many as ``detections``).
+        detections: at most this many detections per image (SeqNet's default 300).
     """
     if root not in sys.path:
         sys.path.insert(0, root)
@@ -34,6 +42,7 @@ def build_seqnet(root: str, height: int, width: int, score_thresh: float, device
     cfg = defaults.get_default_cfg()
     cfg.INPUT.MIN_SIZE, cfg.INPUT.MAX_SIZE = min(height, width), max(height, width)
     cfg.MODEL.ROI_HEAD.SCORE_THRESH_TEST = score_thresh
+    cfg.MODEL.ROI_HEAD.DETECTIONS_PER_IMAGE_TEST = detections
     build_resnet = resnet.build_resnet
     seqnet.build_resnet = lambda name, pretrained: build_resnet(name, pretrained=False)
     try:
