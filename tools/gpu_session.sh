@@ -7,7 +7,10 @@
 #      source snapshot carried as .d2/detectron2-*.tar.gz (built there with its nvcc);
 #   2. training-step and gallery-inference benchmarks of R18 and R50 at 576x768 and 900x1500, in
 #      fp32, fp16 (with a gradient scaler, as detectron2's AMP trainer) and bf16, re-ID on the
-#      proposals or on the final boxes;
+#      proposals or on the final boxes; inference with SeqNet's test settings (6000/300
+#      proposals, 100 detections per image, BatchNorm statistics calibrated, as the random
+#      weights find no proposal otherwise) and SeqNet itself alternated in when a checkout of
+#      serend1p1ty/SeqNet is carried as .seqnet/ (or named by $SEQNET_ROOT);
 #   3. trains configs/mot15/oim_R_18_C4_gpu.yaml (SEED 0) to the end and evaluates it
 #      (tools/benchmark.py), with mot15-ps-mini under $DATASETS.
 # Every table lands in $OUT (default ./gpu_session). `tools/gpu_session.sh --tiny` runs the same
@@ -52,6 +55,11 @@ if ! python3 -c "import detectron2" 2>/dev/null; then
     export PYTHONPATH="/tmp/site:${PYTHONPATH:-}"
 fi
 export PYTHONPATH="$PWD:${PYTHONPATH:-}"
+SEQNET_ROOT="${SEQNET_ROOT:-$PWD/.seqnet}"
+SEQNET=()
+if [ -f "$SEQNET_ROOT/models/seqnet.py" ]; then
+    SEQNET=(--seqnet-root "$SEQNET_ROOT" --seqnet-device "$DEVICE" --seqnet-detections 100)
+fi
 python3 -c "import torch, detectron2; print('torch', torch.__version__, 'detectron2', detectron2.__version__)" \
     | tee "$OUT/versions.txt"
 
@@ -66,7 +74,9 @@ for depth in "${DEPTHS[@]}"; do
             > "$OUT/train_step_R${depth}_${height}x${width}.md"
         python3 tools/benchmark_inference.py --config-files "$config" \
             --precision "${PRECISIONS[@]}" --reid-on-proposals 0 1 --height "$height" \
-            --width "$width" "${STEPS[@]}" MODEL.DEVICE "$DEVICE" \
+            --width "$width" "${STEPS[@]}" --calibrate-bn 2 --score-thresh 0 "${SEQNET[@]}" \
+            MODEL.DEVICE "$DEVICE" MODEL.RPN.PRE_NMS_TOPK_TEST 6000 \
+            MODEL.RPN.POST_NMS_TOPK_TEST 300 TEST.DETECTIONS_PER_IMAGE 100 \
             > "$OUT/inference_R${depth}_${height}x${width}.md"
     done
 done
