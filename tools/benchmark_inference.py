@@ -13,8 +13,8 @@ change in the machine's load hits all alike.
         --reid-on-proposals 0 1 MODEL.WEIGHTS output/mot15_oim_R_18_C4_cpu/model_final.pth
 
 --seqnet-root PATH (a checkout of serend1p1ty/SeqNet) adds SeqNet, fp32 with random weights and
-its default settings, as one more alternated row (personsearch_kd/utils/seqnet_reference.py); give our configs the
-same settings to compare, e.g. for R50-C4:
+its default settings, as one more alternated row (personsearch_kd/utils/seqnet_reference.py);
+give our configs the same settings to compare, e.g. for R50-C4:
 
     python tools/benchmark_inference.py --config-files configs/scratch/oim_R_50_C4_scratch.yaml \
         --height 900 --width 1500 --precision fp32 bf16 --reid-on-proposals 0 1 \

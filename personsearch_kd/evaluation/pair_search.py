@@ -95,15 +95,15 @@ def _run_pairs(model, mapper, queries, gallery, pairs, score, batch_size) -> Dic
     (query index, gallery image id) -> {"boxes" (D, 4), "scores" (D,), "feats" (D, 1): the
     query similarity of each detection} for each pair of ``pairs``, ``batch_size`` per pass.
     """
-    query_inputs = {}  # each query image mapped once
+    query_inputs = {}  # the mapped query images of the current batch
     found = {}
     # With several processes each shows its own share; the main one's bar stands for all.
-    progress = tqdm(total=len(pairs), desc="query-gallery pairs", disable=not comm.is_main_process())
+    main = comm.is_main_process()
+    progress = tqdm(total=len(pairs), desc="query-gallery pairs", disable=not main)
     for start in range(0, len(pairs), batch_size):
         batch = pairs[start : start + batch_size]
-        for q, _ in batch:
-            if q not in query_inputs:
-                query_inputs[q] = mapper(queries[q])
+        # A query's pairs are consecutive: each query image is mapped once and then dropped.
+        query_inputs = {q: query_inputs.get(q) or mapper(queries[q]) for q, _ in batch}
         results = model.search_pair(
             [query_inputs[q] for q, _ in batch], [mapper(gallery[i]) for _, i in batch]
         )
