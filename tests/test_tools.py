@@ -1,6 +1,7 @@
 # Copyright (c) personsearch_kd contributors. Licensed under the Apache License 2.0.
 """Command-line tools run end to end on tiny inputs."""
 
+import argparse
 import json
 import os
 import re
@@ -286,7 +287,11 @@ class SeqNet(nn.Module):
         super().__init__()
         self.backbone = build_resnet(name="resnet50", pretrained=True)
         self.cfg = cfg
-    def forward(self, images):
+        self.weight = nn.Parameter(torch.ones(1))
+    def forward(self, images, targets=None):
+        if self.training:
+            self.targets = targets
+            return {"loss_box_reid": self.weight * sum(i.mean() for i in images)}
         head = self.cfg.MODEL.ROI_HEAD
         n = min(int(100 * (1 - head.SCORE_THRESH_TEST)), head.DETECTIONS_PER_IMAGE_TEST)
         return [{"boxes": torch.zeros(n, 4), "size": tuple(i.shape), "max": float(i.max())}
@@ -337,3 +342,26 @@ def test_calibrated_batchnorm_statistics_come_from_the_inputs_and_end_in_eval_mo
     assert torch.allclose(norm.running_mean, expected.detach(), atol=1e-5)
     out = model(images)  # now normalised by the inputs' own statistics
     assert out.mean().abs() < 0.1
+
+
+def test_benchmark_train_step_steps_seqnet_on_the_same_batch_with_its_labels(tmp_path, capsys):
+    root = tmp_path / "SeqNet"
+    for name, text in SEQNET_STAND_IN.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_text(text)
+    tool = load_tool("benchmark_train_step")
+    args = argparse.Namespace(
+        seqnet_root=str(root), seqnet_device="cpu", height=96, width=128, batch=2, persons=4
+    )
+    run = tool.build_seqnet_run(args)
+    assert tool.train_step(run) > 0 and run["model"].weight.item() < 1  # a step was taken
+    targets = run["model"].targets
+    ours = tool.synthetic_batch(2, 96, 128, 4, 5532, seed=0)
+    for target, x in zip(targets, ours):
+        pids = x["instances"].gt_pids
+        assert target["boxes"].equal(x["instances"].gt_boxes.tensor)  # the same persons
+        # SeqNet's labels: pid + 1 for labeled persons, 5555 for unlabeled ones.
+        assert target["labels"].tolist() == [p + 1 if p >= 0 else 5555 for p in pids.tolist()]
+    with pytest.raises(SystemExit):  # SeqNet is not stepped under DDP
+        tool.main(["--config-file", "x.yaml", "--seqnet-root", str(root), "--num-gpus", "2"])
+    assert "one process only" in capsys.readouterr().err

@@ -21,6 +21,15 @@ per step and its share of the step, on the main process.
         configs/mot15/kd_reid_R_50_C4_teacher_R_50_cpu.yaml --height 400 --width 680
     python tools/benchmark_train_step.py --config-file configs/mot15/reid_crop_R_18_cpu.yaml \
         configs/mot15/fd_crop_R_18_cpu.yaml   # crop networks: their own P x K crop batch
+
+--seqnet-root PATH (a checkout of serend1p1ty/SeqNet) steps SeqNet too, fp32 with random weights
+and its own training settings, on the same synthetic batch (personsearch_kd/utils/
+seqnet_reference.py); give our configs the same settings to compare, e.g.:
+
+    python tools/benchmark_train_step.py --config-file configs/scratch/oim_R_50_C4_scratch.yaml \
+        --height 900 --width 1500 --batch 2 --seqnet-root ../SeqNet MODEL.DEVICE cpu \
+        MODEL.RPN.PRE_NMS_TOPK_TRAIN 12000 MODEL.RPN.POST_NMS_TOPK_TRAIN 2000 \
+        MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE 128 MODEL.OIM.NUM_IDS 5532 MODEL.OIM.QUEUE_SIZE 5000
 """
 
 import argparse
@@ -41,6 +50,9 @@ from personsearch_kd.engine import peak_memory_gb
 from personsearch_kd.distillation import DetectorTeacher
 from personsearch_kd.modeling import StudentRecord
 from personsearch_kd.modeling.reid_losses import OIM_SYNC_LABEL
+from personsearch_kd.utils.seqnet_reference import build_seqnet, seqnet_training_inputs
+
+SEQNET = "SeqNet"
 
 
 def synthetic_batch(batch: int, height: int, width: int, persons: int, num_ids: int, seed: int):
@@ -92,6 +104,16 @@ def build_config(config_file: str, args, precision: str = "fp32"):
             model, device_ids=[comm.get_local_rank()] if on_gpu else None, broadcast_buffers=False
         )
     fp16_on_gpu = precision == "fp16" and model.device.type == "cuda"
+    # Crop networks step on their configured P x K batch of crops; detectors on images.
+    inputs = (
+        synthetic_crops(
+            cfg.SOLVER.IMS_PER_BATCH, cfg.INPUT.REID_CROP.SIZE, cfg.MODEL.OIM.NUM_IDS, seed
+        )
+        if cfg.DATALOADER.PERSON_CROPS
+        else synthetic_batch(
+            args.batch, args.height, args.width, args.persons, cfg.MODEL.OIM.NUM_IDS, seed
+        )
+    )
     return {
         "config": config_file,
         "precision": precision,
@@ -99,26 +121,41 @@ def build_config(config_file: str, args, precision: str = "fp32"):
         "scaler": torch.amp.GradScaler("cuda") if fp16_on_gpu else None,
         "cfg": cfg,
         "model": model,
-        "step_model": step_model,
+        "device": model.device.type,
+        "forward": lambda: step_model(inputs),  # the training losses
+        "inputs": inputs,
         "optimizer": torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9),
-        # Crop networks step on their configured P x K batch of crops; detectors on images.
-        "inputs": (
-            synthetic_crops(
-                cfg.SOLVER.IMS_PER_BATCH, cfg.INPUT.REID_CROP.SIZE, cfg.MODEL.OIM.NUM_IDS, seed
-            )
-            if cfg.DATALOADER.PERSON_CROPS
-            else synthetic_batch(
-                args.batch, args.height, args.width, args.persons, cfg.MODEL.OIM.NUM_IDS, seed
-            )
-        ),
         "times": [],
         "teacher_times": [],
         "sync_shares": [],
     }
 
 
-def _synchronize(model):
-    if model.device.type == "cuda":
+def build_seqnet_run(args):
+    """SeqNet stepped as a config (fp32) on the synthetic batch our configs get."""
+    torch.manual_seed(0)
+    model = build_seqnet(args.seqnet_root, args.height, args.width, 0.5, device=args.seqnet_device)
+    # Labeled pids below SeqNet's LUT size (5532).
+    batch = synthetic_batch(args.batch, args.height, args.width, args.persons, 5532, seed=0)
+    images, targets = seqnet_training_inputs(batch, args.seqnet_device)
+    model.train()
+    return {
+        "config": SEQNET,
+        "precision": "fp32",
+        "scaler": None,
+        "cfg": None,
+        "model": model,
+        "device": args.seqnet_device,
+        "forward": lambda: model(images, targets),
+        "optimizer": torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9),
+        "times": [],
+        "teacher_times": [],
+        "sync_shares": [],
+    }
+
+
+def _synchronize(device: str):
+    if device.startswith("cuda"):
         torch.cuda.synchronize()
 
 
@@ -126,8 +163,8 @@ def train_step(run: dict) -> float:
     """Seconds of one forward + backward + SGD update."""
     start = time.perf_counter()
     dtype = AUTOCAST_DTYPES[run["precision"]]
-    with torch.autocast(run["model"].device.type, dtype=dtype, enabled=dtype is not None):
-        losses = run["step_model"](run["inputs"])
+    with torch.autocast(run["device"].split(":")[0], dtype=dtype, enabled=dtype is not None):
+        losses = run["forward"]()
     run["optimizer"].zero_grad()
     total = sum(losses.values())
     if run["scaler"] is None:
@@ -137,7 +174,7 @@ def train_step(run: dict) -> float:
         run["scaler"].scale(total).backward()
         run["scaler"].step(run["optimizer"])
         run["scaler"].update()
-    _synchronize(run["model"])
+    _synchronize(run["device"])
     return time.perf_counter() - start
 
 
@@ -150,7 +187,8 @@ def sync_share(run: dict) -> float:
 
 
 def detector_teachers(model) -> list:
-    return [t for t in model.teachers.values() if isinstance(t, DetectorTeacher)]
+    teachers = getattr(model, "teachers", {})  # SeqNet has none
+    return [t for t in teachers.values() if isinstance(t, DetectorTeacher)]
 
 
 def teacher_forward(run: dict) -> float:
@@ -173,7 +211,7 @@ def teacher_forward(run: dict) -> float:
     for teacher in detector_teachers(model):
         outputs = teacher.outputs(record)
         _ = outputs.rpn, outputs.boxes  # reading them runs the backbone (once), RPN and box head
-    _synchronize(model)
+    _synchronize(run["device"])
     return time.perf_counter() - start
 
 
@@ -183,7 +221,9 @@ def time_configs(args) -> list:
     machine's load affects all of them alike and their ratios stay fair.
     """
     runs = [build_config(f, args, p) for f in args.config_file for p in args.precision]
-    device = str(runs[0]["model"].device)
+    if args.seqnet_root:
+        runs.append(build_seqnet_run(args))
+    device = runs[0]["device"]
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
     with EventStorage():
@@ -203,11 +243,13 @@ def time_configs(args) -> list:
         {
             "config": run["config"],
             "precision": run["precision"],
-            "depth": run["cfg"].MODEL.RESNETS.DEPTH,
+            "depth": 50 if run["cfg"] is None else run["cfg"].MODEL.RESNETS.DEPTH,
             "device": torch.cuda.get_device_name() if device.startswith("cuda") else "cpu",
             # Crop networks have no ROIs: their batch is SOLVER.IMS_PER_BATCH crops.
             "rois": (
-                "-"
+                128  # SeqNet's BATCH_SIZE_TRAIN
+                if run["cfg"] is None
+                else "-"
                 if run["cfg"].DATALOADER.PERSON_CROPS
                 else run["cfg"].MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE
             ),
@@ -231,7 +273,7 @@ def time_configs(args) -> list:
     ], peak_memory_gb(device) * 1024
 
 
-def main():
+def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--config-file", nargs="+", required=True)
     parser.add_argument("--height", type=int, default=576)
@@ -250,8 +292,12 @@ def main():
     parser.add_argument(
         "--num-gpus", type=int, default=1, help="processes (DDP), GPUs or CPU processes"
     )
+    parser.add_argument("--seqnet-root", help="a checkout of serend1p1ty/SeqNet: step it too")
+    parser.add_argument("--seqnet-device", default="cpu")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    if args.seqnet_root and args.num_gpus > 1:
+        parser.error("--seqnet-root: SeqNet is stepped in one process only (no --num-gpus)")
     launch(print_table, args.num_gpus, dist_url="auto", args=(args,))
 
 

@@ -11,7 +11,10 @@ import sys
 
 import torch
 
-__all__ = ["build_seqnet", "seqnet_gallery_inputs"]
+__all__ = ["build_seqnet", "seqnet_gallery_inputs", "seqnet_training_inputs"]
+
+# SeqNet's label of an unlabeled person (its CUHK-SYSU loader); labeled persons are pid + 1.
+SEQNET_UNLABELED = 5555
 
 
 def build_seqnet(
@@ -55,3 +58,19 @@ def build_seqnet(
 def seqnet_gallery_inputs(images: torch.Tensor, device: str):
     """(B, 3, H, W) uint8 images -> SeqNet's input: a list of float images in [0, 1]."""
     return [image.float().div(255).to(device) for image in images]
+
+
+def seqnet_training_inputs(batch, device: str):
+    """
+    Our training inputs (dicts with a (3, H, W) uint8 "image" and "instances" with gt_boxes and
+    gt_pids, -1 for unlabeled) -> SeqNet's: float images in [0, 1] and targets {"boxes" (N, 4),
+    "labels" (N,): pid + 1, or 5555 for unlabeled}.
+    """
+    images, targets = [], []
+    for x in batch:
+        pids = x["instances"].gt_pids
+        labels = torch.where(pids >= 0, pids + 1, torch.full_like(pids, SEQNET_UNLABELED))
+        images.append(x["image"].float().div(255).to(device))
+        boxes = x["instances"].gt_boxes.tensor
+        targets.append({"boxes": boxes.to(device), "labels": labels.to(device)})
+    return images, targets
