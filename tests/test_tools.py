@@ -316,6 +316,8 @@ def test_benchmark_inference_times_seqnet_from_a_checkout_without_downloading(tm
     (out, _) = model(baseline.seqnet_gallery_inputs(images, "cpu"))
     assert out["size"] == (3, 96, 128) and out["max"] == 1.0  # floats in [0, 1]
     assert len(out["boxes"]) == 50  # at most `detections`
+    default = baseline.build_seqnet(str(root), height=96, width=128)  # no --score-thresh
+    assert default.cfg.MODEL.ROI_HEAD.SCORE_THRESH_TEST == 0.5
 
     config_file = tmp_path / "tiny.yaml"
     config_file.write_text(tiny_cfg(18).dump())

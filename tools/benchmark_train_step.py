@@ -37,9 +37,8 @@ import statistics
 import time
 
 import torch
-from torch.nn.parallel import DistributedDataParallel
 
-from detectron2.engine import launch
+from detectron2.engine import create_ddp_model, launch
 from detectron2.modeling import build_model
 from detectron2.structures import Boxes, Instances
 from detectron2.utils import comm
@@ -96,13 +95,12 @@ def build_config(config_file: str, args, precision: str = "fp32"):
     torch.manual_seed(0)
     seed = comm.get_rank()  # each process its own batch
     model = build_model(cfg).train()
-    step_model = model
-    if comm.get_world_size() > 1:
-        # As detectron2's trainer (buffers not broadcast); on CPU, DDP takes no device_ids.
-        on_gpu = model.device.type == "cuda"
-        step_model = DistributedDataParallel(
-            model, device_ids=[comm.get_local_rank()] if on_gpu else None, broadcast_buffers=False
-        )
+    # DDP under several processes, as detectron2's trainer (buffers not broadcast); on CPU, DDP
+    # takes no device_ids.
+    on_gpu = model.device.type == "cuda"
+    step_model = create_ddp_model(
+        model, device_ids=[comm.get_local_rank()] if on_gpu else None, broadcast_buffers=False
+    )
     fp16_on_gpu = precision == "fp16" and model.device.type == "cuda"
     # Crop networks step on their configured P x K batch of crops; detectors on images.
     inputs = (
@@ -134,7 +132,7 @@ def build_config(config_file: str, args, precision: str = "fp32"):
 def build_seqnet_run(args):
     """SeqNet stepped as a config (fp32) on the synthetic batch our configs get."""
     torch.manual_seed(0)
-    model = build_seqnet(args.seqnet_root, args.height, args.width, 0.5, device=args.seqnet_device)
+    model = build_seqnet(args.seqnet_root, args.height, args.width, device=args.seqnet_device)
     # Labeled pids below SeqNet's LUT size (5532).
     batch = synthetic_batch(args.batch, args.height, args.width, args.persons, 5532, seed=0)
     images, targets = seqnet_training_inputs(batch, args.seqnet_device)

@@ -21,7 +21,7 @@ def build_seqnet(
     root: str,
     height: int,
     width: int,
-    score_thresh: float,
+    score_thresh=None,
     detections: int = 300,
     device: str = "cpu",
 ):
@@ -33,8 +33,8 @@ def build_seqnet(
     Args:
         root: a checkout of serend1p1ty/SeqNet.
         height, width: the image size; SeqNet's resize is set to keep it.
-        score_thresh: the box score under which detections are dropped at test time (SeqNet's
-            default is 0.5; with random weights 0 keeps as many as ``detections``).
+        score_thresh: the box score under which detections are dropped at test time; None keeps
+            SeqNet's default 0.5 (with random weights 0 keeps as many as ``detections``).
         detections: at most this many detections per image (SeqNet's default 300).
     """
     if root not in sys.path:
@@ -44,7 +44,8 @@ def build_seqnet(
     seqnet = importlib.import_module("models.seqnet")
     cfg = defaults.get_default_cfg()
     cfg.INPUT.MIN_SIZE, cfg.INPUT.MAX_SIZE = min(height, width), max(height, width)
-    cfg.MODEL.ROI_HEAD.SCORE_THRESH_TEST = score_thresh
+    if score_thresh is not None:
+        cfg.MODEL.ROI_HEAD.SCORE_THRESH_TEST = score_thresh
     cfg.MODEL.ROI_HEAD.DETECTIONS_PER_IMAGE_TEST = detections
     build_resnet = resnet.build_resnet
     seqnet.build_resnet = lambda name, pretrained: build_resnet(name, pretrained=False)
