@@ -17,11 +17,10 @@ launcher; processes on CPU too) the pairs are shared among N processes.
 import argparse
 
 from detectron2.data import DatasetMapper
-from detectron2.engine import launch
 from detectron2.utils import comm
 
 from personsearch_kd import load_config
-from personsearch_kd.engine import build_trained_student
+from personsearch_kd.engine import add_launcher_arguments, build_trained_student, launch_from_args
 from personsearch_kd.evaluation import pair_search, top_gallery_images
 
 
@@ -68,10 +67,7 @@ def build_parser():
     parser.add_argument("--top-n", type=int, default=0, help="gallery images per query (0: all)")
     parser.add_argument("--prefilter-config")
     parser.add_argument("--prefilter-weights")
-    parser.add_argument("--num-gpus", type=int, default=1, help="processes per machine")
-    parser.add_argument("--num-machines", type=int, default=1)
-    parser.add_argument("--machine-rank", type=int, default=0)
-    parser.add_argument("--dist-url", default="auto")
+    add_launcher_arguments(parser)
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides")
     return parser
 
@@ -93,18 +89,7 @@ def evaluate_and_print(args):
 
 def main(argv=None):
     """The results, when run in this process (one process); printed either way."""
-    args = build_parser().parse_args(argv)
-    if args.num_gpus * args.num_machines == 1:
-        return evaluate_and_print(args)
-    launch(
-        evaluate_and_print,
-        args.num_gpus,
-        num_machines=args.num_machines,
-        machine_rank=args.machine_rank,
-        dist_url=args.dist_url,
-        args=(args,),
-    )
-    return None
+    return launch_from_args(evaluate_and_print, build_parser().parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -19,12 +19,11 @@ import argparse
 import logging
 
 from detectron2.data import DatasetCatalog
-from detectron2.engine import launch
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
 from personsearch_kd import load_config
-from personsearch_kd.engine import build_trained_student
+from personsearch_kd.engine import add_launcher_arguments, build_trained_student, launch_from_args
 from personsearch_kd.engine.teacher_lut import (
     OIM_LUT_KEY,
     labeled_box_queries,
@@ -55,10 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
         "(default: the teacher's DATASETS.TRAIN); they must be the student's DATASETS.TRAIN",
     )
     parser.add_argument("--lut-key", default=OIM_LUT_KEY, help="--from-checkpoint: buffer name")
-    parser.add_argument("--num-gpus", type=int, default=1, help="--compute: processes per machine")
-    parser.add_argument("--num-machines", type=int, default=1)
-    parser.add_argument("--machine-rank", type=int, default=0)
-    parser.add_argument("--dist-url", default="auto")
+    add_launcher_arguments(parser, what="--compute: ")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE teacher config overrides")
     return parser
 
@@ -106,15 +102,7 @@ def export(args) -> None:
 
 
 def main(argv=None) -> None:
-    args = build_parser().parse_args(argv)
-    launch(
-        export,
-        args.num_gpus,
-        num_machines=args.num_machines,
-        machine_rank=args.machine_rank,
-        dist_url=args.dist_url,
-        args=(args,),
-    )
+    launch_from_args(export, build_parser().parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -23,13 +23,12 @@ import os
 import shutil
 from typing import Iterator, List
 
-from detectron2.engine import launch
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 from tqdm import tqdm
 
 from personsearch_kd import load_config
-from personsearch_kd.engine import PersonSearchPredictor
+from personsearch_kd.engine import PersonSearchPredictor, add_launcher_arguments, launch_from_args
 from personsearch_kd.search import (
     GalleryIndex,
     count_sources,
@@ -55,10 +54,7 @@ def build_parser():
     parser.add_argument(
         "--batch-size", type=int, default=1, help="images per forward pass (batched inference)"
     )
-    parser.add_argument("--num-gpus", type=int, default=1, help="processes per machine")
-    parser.add_argument("--num-machines", type=int, default=1)
-    parser.add_argument("--machine-rank", type=int, default=0)
-    parser.add_argument("--dist-url", default="auto")
+    add_launcher_arguments(parser)
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides")
     return parser
 
@@ -157,15 +153,7 @@ def index_shard(args) -> None:
 
 
 def main(argv=None):
-    args = build_parser().parse_args(argv)
-    launch(
-        index_shard,
-        args.num_gpus,
-        num_machines=args.num_machines,
-        machine_rank=args.machine_rank,
-        dist_url=args.dist_url,
-        args=(args,),
-    )
+    launch_from_args(index_shard, build_parser().parse_args(argv))
 
 
 if __name__ == "__main__":
