@@ -14,7 +14,7 @@ from detectron2.engine import launch  # noqa: E402
 from detectron2.structures import Boxes, Instances  # noqa: E402
 
 from personsearch_kd.data.datasets.records import query_record, set_metadata  # noqa: E402
-from personsearch_kd.evaluation import pair_search, top_gallery_images  # noqa: E402
+from personsearch_kd.evaluation import PAIR_SCORES, pair_search, prefilter_search  # noqa: E402
 
 from helpers import end_distributed_worker  # noqa: E402
 
@@ -79,23 +79,26 @@ ANSWERS = {
 
 def test_pair_search_scores_each_querys_pairs_as_the_protocol_by_hand(pair_set):
     model = PairModel(ANSWERS)
-    results = pair_search(model, pair_set, mapper=lambda r: dict(r))
-    assert sorted(model.pairs) == [(0, 1), (0, 2), (0, 3)]  # every pair once, not the own frame
+    found = pair_search(model, pair_set, mapper=lambda r: dict(r), scores=PAIR_SCORES)
+    assert sorted(model.pairs) == [(0, 1), (0, 2), (0, 3)]  # every pair once for both scores
+    results = found["query_similarity"]
     # Ranked: 0.9 hit, 0.8 miss, 0.5 miss, 0.3 hit: AP = (1/1 + 2/4) / 2, both persons found.
     assert results["mAP"] == pytest.approx((1 + 2 / 4) / 2)
     assert results["top1"] == 1.0 and results["top5"] == 1.0
     assert results["per_query"][0]["count_gt"] == 2 and results["per_query"][0]["count_tp"] == 2
+    assert results["pairs"] == 3 and results["seconds"] >= 0
+    # Ranked by the pair-conditioned ID features instead: all equal here (cosine 1).
+    assert found["cosine"]["per_query"][0]["count_tp"] == 2
 
     # Only image 1 run (a pre-filter): image 2's person is still counted, as a miss.
     model.pairs = []
     limited = pair_search(model, pair_set, mapper=lambda r: dict(r), top_images={0: [1]})
-    assert model.pairs == [(0, 1)]
-    assert limited["mAP"] == pytest.approx(1.0 * 1 / 2) and limited["top1"] == 1.0
-    # Ranked by the pair-conditioned ID features instead: all equal here (cosine 1).
-    cosine = pair_search(model, pair_set, mapper=lambda r: dict(r), score="cosine")
-    assert cosine["per_query"][0]["count_tp"] == 2
-    with pytest.raises(ValueError, match="score='dot'"):
-        pair_search(model, pair_set, mapper=lambda r: dict(r), score="dot")
+    assert model.pairs == [(0, 1)] and list(limited) == ["query_similarity"]
+    assert limited["query_similarity"]["mAP"] == pytest.approx(1.0 * 1 / 2)
+    assert limited["query_similarity"]["top1"] == 1.0 and limited["query_similarity"]["pairs"] == 1
+    for wrong in (("dot",), ()):
+        with pytest.raises(ValueError, match="expected one or more of"):
+            pair_search(model, pair_set, mapper=lambda r: dict(r), scores=wrong)
 
 
 class GalleryModel:
@@ -106,6 +109,8 @@ class GalleryModel:
     def __call__(self, inputs):
         (record,) = inputs
         inst = Instances((100, 100))
+        # Where person 0 stands in images 0 and 1, person 1 in image 2, nobody in image 3.
+        inst.pred_boxes = Boxes(torch.tensor([PERSON_0]))
         inst.scores = torch.ones(1)
         inst.reid_feats = torch.tensor([self.FEATS[record["image_id"]]])
         return [{"instances": inst}]
@@ -117,24 +122,40 @@ def _search_on_two_ranks(name, out_dir):
     _register_pair_set(name)  # spawned workers start from a fresh catalog
     model = PairModel(ANSWERS)
     results = pair_search(model, name, mapper=lambda r: dict(r), batch_size=1)
-    top = top_gallery_images(GalleryModel(), name, lambda r: dict(r), top_n=2)
+    top, baseline = prefilter_search(GalleryModel(), name, lambda r: dict(r), top_n=2)
     with open(f"{out_dir}/rank{comm.get_rank()}.json", "w") as f:
-        json.dump({"pairs": model.pairs, "results": results, "top": top}, f)
+        json.dump({"pairs": model.pairs, "results": results, "top": top, "base": baseline}, f)
     end_distributed_worker()
+
+
+def test_prefilter_keeps_each_querys_best_images_and_searches_them_alone(pair_set):
+    # Cosine with the query (image 0's feature): image 2 0.8 (person 1 where the box is: a miss),
+    # image 1 0.6 (person 0: a hit), image 3 0.0 (nobody).
+    top, everything = prefilter_search(GalleryModel(), pair_set, lambda r: dict(r), top_n=0)
+    assert top == {0: [2, 1, 3]}
+    # Ranked 0.8 miss, 0.6 hit, 0.0 miss; person 0 is in images 1 and 2: AP = (1/2) / 2.
+    assert everything["mAP"] == pytest.approx(0.25) and everything["top1"] == 0.0
+    assert everything["per_query"][0]["count_gt"] == 2
+    top, best_only = prefilter_search(GalleryModel(), pair_set, lambda r: dict(r), top_n=1)
+    assert top == {0: [2]}
+    # Image 1 left out: its person is a miss, as in the restricted pair evaluation.
+    assert best_only["mAP"] == 0.0 and best_only["per_query"][0]["count_gt"] == 2
 
 
 def test_two_processes_share_the_pairs_and_the_main_one_scores_them_all(pair_set, tmp_path):
     alone = pair_search(PairModel(ANSWERS), pair_set, mapper=lambda r: dict(r))
-    top_alone = top_gallery_images(GalleryModel(), pair_set, lambda r: dict(r), top_n=2)
-    assert top_alone == {0: [2, 1]}  # cosine with the query (image 0): 0.8, 0.6, 0.0
+    top_alone, base_alone = prefilter_search(GalleryModel(), pair_set, lambda r: dict(r), top_n=2)
+    assert top_alone == {0: [2, 1]}
     launch(_search_on_two_ranks, num_gpus_per_machine=2, dist_url="auto",
            args=("pair_search_two_ranks", str(tmp_path)))  # fmt: skip
     ranks = [json.load(open(tmp_path / f"rank{r}.json")) for r in (0, 1)]
     run = [tuple(pair) for rank in ranks for pair in rank["pairs"]]
     assert sorted(run) == [(0, 1), (0, 2), (0, 3)]  # every pair once, over both processes
     assert all(rank["pairs"] for rank in ranks)  # and each process ran some
-    assert ranks[1]["results"] == {}
-    assert ranks[0]["results"]["mAP"] == pytest.approx(alone["mAP"])
-    assert ranks[0]["results"]["per_query"] == json.loads(json.dumps(alone["per_query"]))
-    # Every process gets the whole pre-filter.
+    assert ranks[1]["results"] == {} and ranks[1]["base"] == {}
+    main = ranks[0]["results"]["query_similarity"]
+    assert main["mAP"] == pytest.approx(alone["query_similarity"]["mAP"])
+    assert main["per_query"] == json.loads(json.dumps(alone["query_similarity"]["per_query"]))
+    # Every process gets the whole pre-filter; the main one its search of the kept images.
     assert all(rank["top"] == {"0": [2, 1]} for rank in ranks)
+    assert ranks[0]["base"]["mAP"] == pytest.approx(base_alone["mAP"])

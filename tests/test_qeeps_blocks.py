@@ -125,7 +125,7 @@ def test_qeeps_trains_on_pairs_with_its_own_losses_and_starts_from_an_oim_checkp
     assert all(torch.equal(state[k], v) for k, v in oim_state.items())
     for key, value in oim_state.items():
         if key.startswith("proposal_generator."):
-            assert torch.equal(state["qrpn." + key[len("proposal_generator."):]], value), key
+            assert torch.equal(state["qrpn." + key[len("proposal_generator.") :]], value), key
     # The query guidance starts close to the identity.
     scale = torch.sigmoid(model.qsse.blocks["res3_0"].excite.bias)
     assert ((scale > 0.9) & (scale < 1)).all()
@@ -223,7 +223,12 @@ def test_evaluate_pairs_runs_a_qeeps_checkpoint_on_every_pair_and_on_a_prefilter
         common + ["--top-n", "1", "--prefilter-config", str(tmp_path / "oim.yaml"),
                   "--prefilter-weights", str(tmp_path / "oim.pth")]
     )  # fmt: skip
-    for r in one.values():
+    tool = load_tool("evaluate_pairs")
+    name = cfg.DATASETS.TEST[0]
+    # Beside the pair scores, the pre-filter's own search of the same kept image (the baseline).
+    assert set(one) == {(name, s) for s in ("query_similarity", "cosine", tool.PREFILTER)}
+    for score, r in one.items():
         ranked_images = {image_id for image_id, *_ in r["per_query"][0]["ranked"]}
         assert len(ranked_images) <= 1 and r["per_query"][0]["count_gt"] >= 1
+        assert score[1] == tool.PREFILTER or r["pairs"] == 1
     assert {i for i, *_ in results[(cfg.DATASETS.TEST[0], "cosine")]["per_query"][0]["ranked"]}

@@ -5,8 +5,10 @@ Search evaluation of a query-guided model (QEEPS): every query against every ima
 gallery, one pair pass each (O(queries x gallery), with a progress bar and ETA), scored by the
 person-search protocol; prints one Markdown row per test set. ``--top-n N`` runs only the N
 gallery images a query-agnostic model (``--prefilter-config/-weights``, e.g. the OIM model QEEPS
-started from) ranks first for each query; off by default. With --num-gpus N (detectron2's
-launcher; processes on CPU too) the pairs are shared among N processes.
+started from) ranks first for each query; off by default; the pre-filter's own search of those
+images is printed beside it as the baseline with the same misses. Every --score comes from the
+same pair passes. With --num-gpus N (detectron2's launcher; processes on CPU too) the pairs are
+shared among N processes.
 
     python tools/evaluate_pairs.py --config-file configs/mot15/qeeps_R_18_C4_cpu.yaml \
         --weights output/mot15_qeeps_R_18_C4_cpu/model_final.pth --dataset mot15_ps_mini_test \
@@ -21,7 +23,11 @@ from detectron2.utils import comm
 
 from personsearch_kd import load_config
 from personsearch_kd.engine import add_launcher_arguments, build_trained_student, launch_from_args
-from personsearch_kd.evaluation import pair_search, top_gallery_images
+from personsearch_kd.evaluation import PAIR_SCORES, pair_search, prefilter_search
+
+# The row of the pre-filter's own search of the images it keeps (--top-n): the baseline that the
+# restricted pair evaluation compares with, the same candidates without the query's guidance.
+PREFILTER = "prefilter (query-agnostic)"
 
 
 def _model(config_file, weights, opts=()):
@@ -30,7 +36,7 @@ def _model(config_file, weights, opts=()):
 
 
 def evaluate(args):
-    """{(dataset, score): pair_search's results}."""
+    """{(dataset, score): pair_search's results}; with --top-n also (dataset, "prefilter")."""
     cfg, model = _model(args.config_file, args.weights, args.opts)
     mapper = DatasetMapper(cfg, False)
     thresh = cfg.TEST.PERSON_SEARCH.SEARCH_SCORE_THRESH
@@ -41,13 +47,11 @@ def evaluate(args):
             if not (args.prefilter_config and args.prefilter_weights):
                 raise ValueError("--top-n needs --prefilter-config and --prefilter-weights")
             pre_cfg, pre_model = _model(args.prefilter_config, args.prefilter_weights)
-            top = top_gallery_images(
+            top, results[(dataset, PREFILTER)] = prefilter_search(
                 pre_model, dataset, DatasetMapper(pre_cfg, False), args.top_n, thresh
             )
-        for score in args.score:
-            results[(dataset, score)] = pair_search(
-                model, dataset, mapper, score, args.batch_size, thresh, top
-            )
+        found = pair_search(model, dataset, mapper, args.score, args.batch_size, thresh, top)
+        results.update({(dataset, score): r for score, r in found.items()})
     return results
 
 
@@ -60,8 +64,9 @@ def build_parser():
         "--score",
         nargs="+",
         default=["query_similarity"],
-        choices=["query_similarity", "cosine"],
-        help="rank by QSimNet's probability or by the pair-conditioned ID features' cosine",
+        choices=PAIR_SCORES,
+        help="rank by QSimNet's probability or by the pair-conditioned ID features' cosine "
+        "(both from the same pair passes)",
     )
     parser.add_argument("--batch-size", type=int, default=4, help="pairs per forward pass")
     parser.add_argument("--top-n", type=int, default=0, help="gallery images per query (0: all)")
@@ -76,13 +81,16 @@ def evaluate_and_print(args):
     results = evaluate(args)
     if not comm.is_main_process():
         return {}
-    print("| dataset | score | gallery | mAP | top-1 | top-5 | top-10 |")
-    print("|---|---|---|---|---|---|---|")
+    print("| dataset | score | gallery | mAP | top-1 | top-5 | top-10 | pairs | s/pair |")
+    print("|---|---|---|---|---|---|---|---|---|")
     gallery = f"top {args.top_n}" if args.top_n else "all"
     for (dataset, score), r in results.items():
+        cost = (
+            f"{r['pairs']} | {r['seconds'] / max(r['pairs'], 1):.2f}" if "pairs" in r else "– | –"
+        )
         print(
             f"| {dataset} | {score} | {gallery} | {100 * r['mAP']:.2f} | {100 * r['top1']:.2f} "
-            f"| {100 * r['top5']:.2f} | {100 * r['top10']:.2f} |"
+            f"| {100 * r['top5']:.2f} | {100 * r['top10']:.2f} | {cost} |"
         )
     return results
 

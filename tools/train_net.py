@@ -92,6 +92,7 @@ class Trainer(DefaultTrainer):
                     search_thresh=cfg.TEST.PERSON_SEARCH.SEARCH_SCORE_THRESH,
                 )  # fmt: skip
                 if found:  # the main process
+                    found = found["query_similarity"]
                     metrics = {k: 100.0 * found[k] for k in ("mAP", "top1", "top5", "top10")}
                     logger.info(f"{name}: pair search {metrics}")
                     results[name] = {"person_search": metrics}

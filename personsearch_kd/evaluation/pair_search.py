@@ -5,12 +5,14 @@ depend on the query, so every query is run against every image of its gallery as
 O(queries x gallery) passes. Each query's ranked list is then scored by the same protocol as
 :class:`PersonSearchEvaluator` (:func:`search_metrics`), its similarities standing in for the
 features. The gallery of a query may be restricted to the top-N images of a query-agnostic model
-(:func:`top_gallery_images`), an option for speed that is off by default: the images left out
-still count their ground truth, so a person missed by the pre-filter is a miss. Under several
+(:func:`prefilter_search`), an option for speed that is off by default: the images left out
+still count their ground truth, so a person missed by the pre-filter is a miss, and the
+pre-filter's own search of the same images is the comparable baseline. Under several
 processes (detectron2's launcher) the pairs are shared among them and the main process scores.
 """
 
-from typing import Callable, Dict, List, Optional
+import time
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -21,7 +23,11 @@ from detectron2.utils import comm
 
 from .metrics import image_ground_truth, query_gallery, search_metrics
 
-__all__ = ["pair_search", "top_gallery_images"]
+__all__ = ["PAIR_SCORES", "pair_search", "prefilter_search"]
+
+# How a query-guided model's detections are ranked: QSimNet's probability, or the cosine of the
+# pair-conditioned ID features with the query's.
+PAIR_SCORES = ("query_similarity", "cosine")
 
 
 def _split(dataset_name: str):
@@ -37,28 +43,29 @@ def pair_search(
     model,
     dataset_name: str,
     mapper: Callable[[Dict], Dict],
-    score: str = "query_similarity",
+    scores: Sequence[str] = ("query_similarity",),
     batch_size: int = 4,
     search_thresh: float = 0.5,
     top_images: Optional[Dict[int, List]] = None,
-) -> Dict:
+) -> Dict[str, Dict]:
     """
     Args:
         model: in eval mode, with ``search_pair(queries, galleries)`` (:class:`QEEPS`).
         dataset_name: a registered person-search test set (gallery dicts and query dicts).
         mapper: dataset dict -> model input (detectron2's test :class:`DatasetMapper`).
-        score: rank detections by "query_similarity" (QSimNet) or "cosine" (pair-conditioned
-            ID features against the query's).
+        scores: any of :data:`PAIR_SCORES`; all come from the same pair passes.
         batch_size: pairs per forward pass.
         search_thresh: detections scoring less are not searched.
-        top_images: query_id -> the only gallery image ids to run (e.g.
-            :func:`top_gallery_images`); None runs every pair.
+        top_images: query_id -> the only gallery image ids to run (e.g. the first result of
+            :func:`prefilter_search`); None runs every pair.
     Returns:
-        "mAP", "top1", "top5", "top10" (fractions) and "per_query", as :func:`search_metrics`, on
-        the main process; {} on the others.
+        score -> "mAP", "top1", "top5", "top10" (fractions) and "per_query", as
+        :func:`search_metrics`, with "pairs" (how many were run) and "seconds" (their wall time,
+        all processes together), on the main process; {} on the others.
     """
-    if score not in ("query_similarity", "cosine"):
-        raise ValueError(f"score={score!r}: expected 'query_similarity' or 'cosine'")
+    unknown = [score for score in scores if score not in PAIR_SCORES]
+    if unknown or not scores:
+        raise ValueError(f"scores={list(scores)!r}: expected one or more of {PAIR_SCORES}")
     gallery, queries = _split(dataset_name)
     plans = []
     for index, query in enumerate(queries):
@@ -68,16 +75,32 @@ def pair_search(
     # Every process runs every world_size-th pair; the main process scores them all.
     pairs = [(q, image_id) for q, (_, run) in enumerate(plans) for image_id in run]
     mine = pairs[comm.get_rank() :: comm.get_world_size()]
-    found = _run_pairs(model, mapper, queries, gallery, mine, score, batch_size)
+    start = time.perf_counter()
+    found = _run_pairs(model, mapper, queries, gallery, mine, batch_size)
     if comm.get_world_size() > 1:
         parts = comm.gather(found, dst=0)
         if not comm.is_main_process():
             return {}
         found = {pair: result for part in parts for pair, result in part.items()}
+    cost = {"pairs": len(pairs), "seconds": time.perf_counter() - start}
+    galleries = [ids for ids, _ in plans]
+    results = {}
+    for score in scores:
+        ranked = {pair: dict(r, feats=r[score]) for pair, r in found.items()}
+        results[score] = dict(_score(ranked, gallery, queries, galleries, search_thresh), **cost)
+    return results
+
+
+def _score(found, gallery, queries, galleries, search_thresh) -> Dict:
+    """
+    The protocol's metrics of ranked pairs. ``found``: (query index, image id) -> "boxes" (D, 4),
+    "scores" (D,), "feats" (D, 1) the similarity to the query; ``galleries``: each query's
+    gallery image ids.
+    """
     # Images not run keep their ground truth with no detection: a miss, not a smaller gallery.
     nothing = {"boxes": np.zeros((0, 4)), "scores": np.zeros(0), "feats": np.zeros((0, 1))}
     per_query = []
-    for q, (query, (ids, _)) in enumerate(zip(queries, plans)):
+    for q, (query, ids) in enumerate(zip(queries, galleries)):
         searched = {i: dict(image_ground_truth(gallery[i]), **found.get((q, i), nothing))
                     for i in ids}  # fmt: skip
         one = {"image_id": query["image_id"], "pid": query["query_pid"], "feat": np.ones(1),
@@ -90,10 +113,11 @@ def pair_search(
     return results
 
 
-def _run_pairs(model, mapper, queries, gallery, pairs, score, batch_size) -> Dict:
+def _run_pairs(model, mapper, queries, gallery, pairs, batch_size) -> Dict:
     """
-    (query index, gallery image id) -> {"boxes" (D, 4), "scores" (D,), "feats" (D, 1): the
-    query similarity of each detection} for each pair of ``pairs``, ``batch_size`` per pass.
+    (query index, gallery image id) -> {"boxes" (D, 4), "scores" (D,), and for each of
+    :data:`PAIR_SCORES` (D, 1): the query similarity of each detection} for each pair of
+    ``pairs``, ``batch_size`` per pass.
     """
     query_inputs = {}  # the mapped query images of the current batch
     found = {}
@@ -109,14 +133,12 @@ def _run_pairs(model, mapper, queries, gallery, pairs, score, batch_size) -> Dic
         )
         for pair, result in zip(batch, results):
             detections = result["instances"].to("cpu")
-            if score == "query_similarity":
-                similarity = detections.query_similarity
-            else:
-                similarity = detections.reid_feats @ result["query_feat"].cpu()
+            cosine = detections.reid_feats @ result["query_feat"].cpu()
             found[pair] = {
                 "boxes": detections.pred_boxes.tensor.numpy(),
                 "scores": detections.scores.numpy(),
-                "feats": similarity.float().numpy()[:, None],
+                "query_similarity": detections.query_similarity.float().numpy()[:, None],
+                "cosine": cosine.float().numpy()[:, None],
             }
         progress.update(len(batch))
     progress.close()
@@ -124,30 +146,55 @@ def _run_pairs(model, mapper, queries, gallery, pairs, score, batch_size) -> Dic
 
 
 @torch.no_grad()
-def top_gallery_images(
+def prefilter_search(
     model, dataset_name: str, mapper: Callable[[Dict], Dict], top_n: int, search_thresh=0.5
-) -> Dict[int, List]:
+) -> Tuple[Dict[int, List], Dict]:
     """
-    query_id -> the ``top_n`` images of its gallery whose best detection (score >=
-    ``search_thresh``) is most similar to the query, by a query-agnostic person-search model
-    (e.g. the OIM model QEEPS started from): one pass per gallery image and per query, shared
-    among processes; every process gets the result.
+    The pre-filter of the pair evaluation, and its own search on the images it keeps: the same
+    candidates without the query's guidance, the baseline that a restricted pair evaluation is
+    comparable with (its misses are the same).
+
+    Args:
+        model: a query-agnostic person-search model in eval mode (e.g. the OIM model QEEPS
+            started from): one pass per gallery image and per query, shared among processes.
+        top_n: gallery images kept per query (0: all of them).
+    Returns:
+        query_id -> the ``top_n`` images of its gallery whose best detection (score >=
+        ``search_thresh``) is most similar to the query, best first (every process); and the
+        model's metrics, as :func:`pair_search`'s, with each query's gallery restricted to those
+        images (main process; {} on the others).
     """
     gallery, queries = _split(dataset_name)
     rank, world = comm.get_rank(), comm.get_world_size()
-    best, query_feats = {}, {}  # each process embeds its share of the images and queries
+    detections, query_feats = {}, {}  # each process embeds its share of the images and queries
     for image_id in tqdm(list(gallery)[rank::world], desc="pre-filter gallery", disable=rank != 0):
         found = model([mapper(gallery[image_id])])[0]["instances"].to("cpu")
-        best[image_id] = found.reid_feats[found.scores >= search_thresh]
+        detections[image_id] = (found.pred_boxes.tensor, found.scores, found.reid_feats.float())
     for index in range(rank, len(queries), world):
         query_feats[index] = model([mapper(queries[index])])[0]["instances"].reid_feats[0].cpu()
     if world > 1:
-        for part_best, part_queries in comm.all_gather((best, query_feats)):
-            best.update(part_best)
+        for part_detections, part_queries in comm.all_gather((detections, query_feats)):
+            detections.update(part_detections)
             query_feats.update(part_queries)
-    top = {}
+    top, found, galleries = {}, {}, []
     for index, query in enumerate(queries):
         ids = query_gallery(gallery, query, index)
-        sims = [float((best[i] @ query_feats[index]).max()) if len(best[i]) else -2.0 for i in ids]
-        top[query["query_id"]] = [ids[j] for j in np.argsort(sims)[::-1][:top_n]]
-    return top
+        galleries.append(ids)
+        best = []
+        for image_id in ids:
+            boxes, scores, feats = detections[image_id]
+            sims = feats @ query_feats[index].float()
+            found[(index, image_id)] = {
+                "boxes": boxes.numpy(), "scores": scores.numpy(), "feats": sims.numpy()[:, None]
+            }  # fmt: skip
+            searched = sims[scores >= search_thresh]
+            best.append(float(searched.max()) if len(searched) else -2.0)
+        kept = [ids[j] for j in np.argsort(best, kind="stable")[::-1][: top_n or len(ids)]]
+        top[query["query_id"]] = kept
+        kept = set(kept)
+        for image_id in ids:
+            if image_id not in kept:
+                del found[(index, image_id)]
+    if not comm.is_main_process():
+        return top, {}
+    return top, _score(found, gallery, queries, galleries, search_thresh)
