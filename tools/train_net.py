@@ -17,13 +17,13 @@ from detectron2.data import (
     build_detection_test_loader,
     build_detection_train_loader,
 )
-from detectron2.engine import DefaultTrainer, default_argument_parser, default_setup, launch
+from detectron2.engine import DefaultTrainer, default_argument_parser, default_setup
 from detectron2.evaluation.evaluator import inference_context
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
 from personsearch_kd import PersonSearchDatasetMapper, load_config, student_config
-from personsearch_kd.engine import PeakMemory, SafeCheckpointer
+from personsearch_kd.engine import PeakMemory, SafeCheckpointer, launch_from_args
 from personsearch_kd.data import build_person_crop_train_loader, build_query_pair_train_loader
 from personsearch_kd.evaluation import (
     GroundTruthBoxes,
@@ -148,14 +148,7 @@ def main(args):
 def invoke_main() -> None:
     args = default_argument_parser().parse_args()
     print("Command Line Args:", args)
-    launch(
-        main,
-        args.num_gpus,
-        num_machines=args.num_machines,
-        machine_rank=args.machine_rank,
-        dist_url=args.dist_url,
-        args=(args,),
-    )
+    launch_from_args(main, args)
 
 
 if __name__ == "__main__":
