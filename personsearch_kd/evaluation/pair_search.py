@@ -180,21 +180,21 @@ def prefilter_search(
     for index, query in enumerate(queries):
         ids = query_gallery(gallery, query, index)
         galleries.append(ids)
+        sims = {i: detections[i][2] @ query_feats[index].float() for i in ids}
         best = []
         for image_id in ids:
-            boxes, scores, feats = detections[image_id]
-            sims = feats @ query_feats[index].float()
-            found[(index, image_id)] = {
-                "boxes": boxes.numpy(), "scores": scores.numpy(), "feats": sims.numpy()[:, None]
-            }  # fmt: skip
-            searched = sims[scores >= search_thresh]
+            searched = sims[image_id][detections[image_id][1] >= search_thresh]
             best.append(float(searched.max()) if len(searched) else -2.0)
-        kept = [ids[j] for j in np.argsort(best, kind="stable")[::-1][: top_n or len(ids)]]
-        top[query["query_id"]] = kept
-        kept = set(kept)
-        for image_id in ids:
-            if image_id not in kept:
-                del found[(index, image_id)]
+        top[query["query_id"]] = [
+            ids[j] for j in np.argsort(best, kind="stable")[::-1][: top_n or len(ids)]
+        ]
+        # Only the kept images are searched; the others keep their ground truth, as misses.
+        for image_id in top[query["query_id"]]:
+            boxes, scores, _ = detections[image_id]
+            similarity = sims[image_id].numpy()[:, None]
+            found[(index, image_id)] = {
+                "boxes": boxes.numpy(), "scores": scores.numpy(), "feats": similarity
+            }  # fmt: skip
     if not comm.is_main_process():
         return top, {}
     return top, _score(found, gallery, queries, galleries, search_thresh)
