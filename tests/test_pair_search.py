@@ -14,7 +14,12 @@ from detectron2.engine import launch  # noqa: E402
 from detectron2.structures import Boxes, Instances  # noqa: E402
 
 from personsearch_kd.data.datasets.records import query_record, set_metadata  # noqa: E402
-from personsearch_kd.evaluation import PAIR_SCORES, pair_search, prefilter_search  # noqa: E402
+from personsearch_kd.evaluation import (  # noqa: E402
+    PAIR_SCORES,
+    pair_search,
+    prefilter_search,
+    restricted_search,
+)
 
 from helpers import end_distributed_worker  # noqa: E402
 
@@ -140,6 +145,22 @@ def test_prefilter_keeps_each_querys_best_images_and_searches_them_alone(pair_se
     assert top == {0: [2]}
     # Image 1 left out: its person is a miss, as in the restricted pair evaluation.
     assert best_only["mAP"] == 0.0 and best_only["per_query"][0]["count_gt"] == 2
+
+
+def test_restricted_search_searches_only_the_given_images_of_each_query(pair_set):
+    model, mapper = GalleryModel(), lambda r: dict(r)
+    # Image 1 alone: its person at 0.6 is a hit ranked first; image 2's person is a miss.
+    only_1 = restricted_search(model, pair_set, mapper, {0: [1]})
+    assert only_1["mAP"] == pytest.approx(1 / 2) and only_1["top1"] == 1.0
+    assert only_1["per_query"][0]["count_gt"] == 2 and only_1["per_query"][0]["count_tp"] == 1
+    # Every image, and the images a pre-filter kept: the same as the pre-filter's own search.
+    assert restricted_search(model, pair_set, mapper)["mAP"] == pytest.approx(0.25)
+    top, own = prefilter_search(model, pair_set, mapper, top_n=2)
+    assert restricted_search(model, pair_set, mapper, top)["per_query"] == own["per_query"]
+    with pytest.raises(KeyError, match="no entry for query_id 0"):
+        restricted_search(model, pair_set, mapper, {5: [1]})
+    with pytest.raises(ValueError, match=r"outside the query's gallery: \[0, 7\]"):
+        restricted_search(model, pair_set, mapper, {0: [1, 7, 0]})
 
 
 def test_two_processes_share_the_pairs_and_the_main_one_scores_them_all(pair_set, tmp_path):

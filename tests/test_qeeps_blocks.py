@@ -219,16 +219,23 @@ def test_evaluate_pairs_runs_a_qeeps_checkpoint_on_every_pair_and_on_a_prefilter
         assert 0 <= r["mAP"] <= 1 and len(r["per_query"]) == 1
         assert r["per_query"][0]["count_gt"] >= 1
     # The query's gallery holds 2 images; the pre-filter keeps 1 of them.
+    oim_files = [str(tmp_path / "oim.yaml"), str(tmp_path / "oim.pth")]
     one = load_tool("evaluate_pairs").main(
-        common + ["--top-n", "1", "--prefilter-config", str(tmp_path / "oim.yaml"),
-                  "--prefilter-weights", str(tmp_path / "oim.pth")]
+        common + ["--top-n", "1", "--prefilter-config", oim_files[0],
+                  "--prefilter-weights", oim_files[1], "--baseline-config", oim_files[0],
+                  "--baseline-weights", oim_files[1]]
     )  # fmt: skip
     tool = load_tool("evaluate_pairs")
     name = cfg.DATASETS.TEST[0]
-    # Beside the pair scores, the pre-filter's own search of the same kept image (the baseline).
-    assert set(one) == {(name, s) for s in ("query_similarity", "cosine", tool.PREFILTER)}
+    # Beside the pair scores, the pre-filter's own search of the same kept image, and a second
+    # query-agnostic model's (here the same model: the same images give the same search).
+    agnostic = (tool.PREFILTER, tool.BASELINE)
+    assert set(one) == {(name, s) for s in ("query_similarity", "cosine") + agnostic}
+    assert one[(name, tool.BASELINE)]["per_query"] == one[(name, tool.PREFILTER)]["per_query"]
     for score, r in one.items():
         ranked_images = {image_id for image_id, *_ in r["per_query"][0]["ranked"]}
         assert len(ranked_images) <= 1 and r["per_query"][0]["count_gt"] >= 1
-        assert score[1] == tool.PREFILTER or r["pairs"] == 1
+        assert score[1] in agnostic or r["pairs"] == 1
+    with pytest.raises(ValueError, match="go together"):
+        load_tool("evaluate_pairs").main(common + ["--baseline-config", oim_files[0]])
     assert {i for i, *_ in results[(cfg.DATASETS.TEST[0], "cosine")]["per_query"][0]["ranked"]}

@@ -6,14 +6,17 @@ gallery, one pair pass each (O(queries x gallery), with a progress bar and ETA),
 person-search protocol; prints one Markdown row per test set. ``--top-n N`` runs only the N
 gallery images a query-agnostic model (``--prefilter-config/-weights``, e.g. the OIM model QEEPS
 started from) ranks first for each query; off by default; the pre-filter's own search of those
-images is printed beside it as the baseline with the same misses. Every --score comes from the
-same pair passes. With --num-gpus N (detectron2's launcher; processes on CPU too) the pairs are
+images is printed beside it as the baseline with the same misses, and ``--baseline-config/
+-weights`` adds a second query-agnostic model searched on the same images (e.g. the OIM model
+trained as many extra steps as QEEPS, without the guidance). Every --score comes from the same
+pair passes. With --num-gpus N (detectron2's launcher; processes on CPU too) the pairs are
 shared among N processes.
 
     python tools/evaluate_pairs.py --config-file configs/mot15/qeeps_R_18_C4_cpu.yaml \
         --weights output/mot15_qeeps_R_18_C4_cpu/model_final.pth --dataset mot15_ps_mini_test \
         [--top-n 20 --prefilter-config configs/mot15/oim_R_18_C4_cpu.yaml \
-         --prefilter-weights output/mot15_oim_R_18_C4_cpu/model_final.pth] [KEY VALUE ...]
+         --prefilter-weights output/mot15_oim_R_18_C4_cpu/model_final.pth] \
+        [--baseline-config configs/mot15/oim_R_18_C4_cpu.yaml --baseline-weights W] [KEY VALUE ...]
 """
 
 import argparse
@@ -23,11 +26,18 @@ from detectron2.utils import comm
 
 from personsearch_kd import load_config
 from personsearch_kd.engine import add_launcher_arguments, build_trained_student, launch_from_args
-from personsearch_kd.evaluation import PAIR_SCORES, pair_search, prefilter_search
+from personsearch_kd.evaluation import (
+    PAIR_SCORES,
+    pair_search,
+    prefilter_search,
+    restricted_search,
+)
 
 # The row of the pre-filter's own search of the images it keeps (--top-n): the baseline that the
 # restricted pair evaluation compares with, the same candidates without the query's guidance.
 PREFILTER = "prefilter (query-agnostic)"
+# The row of --baseline-weights' search of the same images (all of them without --top-n).
+BASELINE = "baseline (query-agnostic)"
 
 
 def _model(config_file, weights, opts=()):
@@ -36,7 +46,12 @@ def _model(config_file, weights, opts=()):
 
 
 def evaluate(args):
-    """{(dataset, score): pair_search's results}; with --top-n also (dataset, "prefilter")."""
+    """
+    {(dataset, score): pair_search's results}; with --top-n also (dataset, PREFILTER), with
+    --baseline-weights also (dataset, BASELINE).
+    """
+    if bool(args.baseline_config) != bool(args.baseline_weights):
+        raise ValueError("--baseline-config and --baseline-weights go together")
     cfg, model = _model(args.config_file, args.weights, args.opts)
     mapper = DatasetMapper(cfg, False)
     thresh = cfg.TEST.PERSON_SEARCH.SEARCH_SCORE_THRESH
@@ -49,6 +64,11 @@ def evaluate(args):
             pre_cfg, pre_model = _model(args.prefilter_config, args.prefilter_weights)
             top, results[(dataset, PREFILTER)] = prefilter_search(
                 pre_model, dataset, DatasetMapper(pre_cfg, False), args.top_n, thresh
+            )
+        if args.baseline_weights:
+            base_cfg, base_model = _model(args.baseline_config, args.baseline_weights)
+            results[(dataset, BASELINE)] = restricted_search(
+                base_model, dataset, DatasetMapper(base_cfg, False), top, thresh
             )
         found = pair_search(model, dataset, mapper, args.score, args.batch_size, thresh, top)
         results.update({(dataset, score): r for score, r in found.items()})
@@ -72,6 +92,10 @@ def build_parser():
     parser.add_argument("--top-n", type=int, default=0, help="gallery images per query (0: all)")
     parser.add_argument("--prefilter-config")
     parser.add_argument("--prefilter-weights")
+    parser.add_argument(
+        "--baseline-config", help="a second query-agnostic model, searched on the same images"
+    )
+    parser.add_argument("--baseline-weights")
     add_launcher_arguments(parser)
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides")
     return parser

@@ -7,7 +7,8 @@ O(queries x gallery) passes. Each query's ranked list is then scored by the same
 features. The gallery of a query may be restricted to the top-N images of a query-agnostic model
 (:func:`prefilter_search`), an option for speed that is off by default: the images left out
 still count their ground truth, so a person missed by the pre-filter is a miss, and the
-pre-filter's own search of the same images is the comparable baseline. Under several
+pre-filter's own search of the same images is the comparable baseline; any other query-agnostic
+model can be searched on the same images (:func:`restricted_search`). Under several
 processes (detectron2's launcher) the pairs are shared among them and the main process scores.
 """
 
@@ -23,7 +24,7 @@ from detectron2.utils import comm
 
 from .metrics import image_ground_truth, query_gallery, search_metrics
 
-__all__ = ["PAIR_SCORES", "pair_search", "prefilter_search"]
+__all__ = ["PAIR_SCORES", "pair_search", "prefilter_search", "restricted_search"]
 
 # How a query-guided model's detections are ranked: QSimNet's probability, or the cosine of the
 # pair-conditioned ID features with the query's.
@@ -164,10 +165,60 @@ def prefilter_search(
         model's metrics, as :func:`pair_search`'s, with each query's gallery restricted to those
         images (main process; {} on the others).
     """
+
+    def best_images(query_id, ids, best):
+        return [ids[j] for j in np.argsort(best, kind="stable")[::-1][: top_n or len(ids)]]
+
+    return _query_agnostic_search(model, dataset_name, mapper, search_thresh, best_images)
+
+
+@torch.no_grad()
+def restricted_search(
+    model,
+    dataset_name: str,
+    mapper: Callable[[Dict], Dict],
+    top_images: Optional[Dict[int, List]] = None,
+    search_thresh=0.5,
+) -> Dict:
+    """
+    A query-agnostic model's search of only the given gallery images of each query, e.g. those
+    another model's :func:`prefilter_search` kept: a second baseline on the same candidates (such
+    as an OIM model trained as many extra steps as QEEPS, without the query's guidance).
+
+    Args:
+        model: as :func:`prefilter_search`'s.
+        top_images: query_id -> the gallery image ids to search; None searches every image.
+    Returns:
+        the model's metrics, as :func:`pair_search`'s (main process; {} on the others).
+    """
+
+    def given_images(query_id, ids, best):
+        if top_images is None:
+            return ids
+        if query_id not in top_images:
+            raise KeyError(f"{dataset_name}: top_images has no entry for query_id {query_id}")
+        outside = set(top_images[query_id]) - set(ids)
+        if outside:
+            raise ValueError(
+                f"{dataset_name}: top_images[{query_id}] holds images outside the query's "
+                f"gallery: {sorted(outside)}"
+            )
+        return list(top_images[query_id])
+
+    return _query_agnostic_search(model, dataset_name, mapper, search_thresh, given_images)[1]
+
+
+def _query_agnostic_search(model, dataset_name, mapper, search_thresh, choose):
+    """
+    One pass per gallery image and per query, shared among processes; then, for each query,
+    ``choose(query_id, gallery ids, best similarity per image)`` names the images searched.
+    Returns (query_id -> chosen ids, on every process; their search's metrics, on the main one).
+    """
     gallery, queries = _split(dataset_name)
     rank, world = comm.get_rank(), comm.get_world_size()
     detections, query_feats = {}, {}  # each process embeds its share of the images and queries
-    for image_id in tqdm(list(gallery)[rank::world], desc="pre-filter gallery", disable=rank != 0):
+    for image_id in tqdm(list(gallery)[rank::world], desc="query-agnostic gallery",
+                         disable=rank != 0):  # fmt: skip
         found = model([mapper(gallery[image_id])])[0]["instances"].to("cpu")
         detections[image_id] = (found.pred_boxes.tensor, found.scores, found.reid_feats.float())
     for index in range(rank, len(queries), world):
@@ -176,7 +227,7 @@ def prefilter_search(
         for part_detections, part_queries in comm.all_gather((detections, query_feats)):
             detections.update(part_detections)
             query_feats.update(part_queries)
-    top, found, galleries = {}, {}, []
+    chosen, found, galleries = {}, {}, []
     for index, query in enumerate(queries):
         ids = query_gallery(gallery, query, index)
         galleries.append(ids)
@@ -185,16 +236,14 @@ def prefilter_search(
         for image_id in ids:
             searched = sims[image_id][detections[image_id][1] >= search_thresh]
             best.append(float(searched.max()) if len(searched) else -2.0)
-        top[query["query_id"]] = [
-            ids[j] for j in np.argsort(best, kind="stable")[::-1][: top_n or len(ids)]
-        ]
-        # Only the kept images are searched; the others keep their ground truth, as misses.
-        for image_id in top[query["query_id"]]:
+        chosen[query["query_id"]] = choose(query["query_id"], ids, best)
+        # Only the chosen images are searched; the others keep their ground truth, as misses.
+        for image_id in chosen[query["query_id"]]:
             boxes, scores, _ = detections[image_id]
             similarity = sims[image_id].numpy()[:, None]
             found[(index, image_id)] = {
                 "boxes": boxes.numpy(), "scores": scores.numpy(), "feats": similarity
             }  # fmt: skip
     if not comm.is_main_process():
-        return top, {}
-    return top, _score(found, gallery, queries, galleries, search_thresh)
+        return chosen, {}
+    return chosen, _score(found, gallery, queries, galleries, search_thresh)
