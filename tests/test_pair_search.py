@@ -94,6 +94,14 @@ def test_pair_search_scores_each_querys_pairs_as_the_protocol_by_hand(pair_set):
     assert results["pairs"] == 3 and results["seconds"] >= 0
     # Ranked by the pair-conditioned ID features instead: all equal here (cosine 1).
     assert found["cosine"]["per_query"][0]["count_tp"] == 2
+    # Detection over the 3 pairs (4 persons): every person found, one false detection (image 3,
+    # score 0.2) ranked last: AP 1, recall 1, for every score alike.
+    assert results["det_AP"] == pytest.approx(1.0) and results["det_recall"] == 1.0
+    assert found["cosine"]["det_AP"] == results["det_AP"]
+    # Above 0.92 only the detections at 0.99 and 0.95 count: 2 of the 4 persons.
+    strict = pair_search(model, pair_set, mapper=lambda r: dict(r), detection_thresh=0.92)
+    assert strict["query_similarity"]["det_recall"] == 0.5
+    assert strict["query_similarity"]["det_AP"] == pytest.approx(0.5)
 
     # Only image 1 run (a pre-filter): image 2's person is still counted, as a miss.
     model.pairs = []
@@ -141,10 +149,15 @@ def test_prefilter_keeps_each_querys_best_images_and_searches_them_alone(pair_se
     # Ranked 0.8 miss, 0.6 hit, 0.0 miss; person 0 is in images 1 and 2: AP = (1/2) / 2.
     assert everything["mAP"] == pytest.approx(0.25) and everything["top1"] == 0.0
     assert everything["per_query"][0]["count_gt"] == 2
+    # Detection over the 3 images run (4 persons): the box of person 0 hits in images 1 and 2,
+    # misses in image 3; tied scores: precision 2/3 at recall 2/4, AP = 2/3 * 1/2.
+    assert everything["det_recall"] == 0.5 and everything["det_AP"] == pytest.approx(1 / 3)
     top, best_only = prefilter_search(GalleryModel(), pair_set, lambda r: dict(r), top_n=1)
     assert top == {0: [2]}
     # Image 1 left out: its person is a miss, as in the restricted pair evaluation.
     assert best_only["mAP"] == 0.0 and best_only["per_query"][0]["count_gt"] == 2
+    # Detection counts the images run only: image 2, one of its two persons found.
+    assert best_only["det_recall"] == 0.5 and best_only["det_AP"] == pytest.approx(0.5)
 
 
 def test_restricted_search_searches_only_the_given_images_of_each_query(pair_set):

@@ -179,7 +179,8 @@ def test_qeeps_searches_a_pair_and_refuses_plain_inference(tiny_sets):
     cfg.TEST.PERSON_SEARCH.SEARCH_SCORE_THRESH = 0.0
     model.train()
     results = load_tool("train_net").Trainer.test(cfg, model)["person_search"]
-    assert set(results) == {"mAP", "top1", "top5", "top10"} and 0 <= results["mAP"] <= 100
+    assert set(results) == {"mAP", "top1", "top5", "top10", "det_AP", "det_recall"}
+    assert 0 <= results["mAP"] <= 100 and 0 <= results["det_AP"] <= 100
     assert model.training  # restored after the evaluation
 
 
@@ -216,7 +217,7 @@ def test_evaluate_pairs_runs_a_qeeps_checkpoint_on_every_pair_and_on_a_prefilter
     results = load_tool("evaluate_pairs").main(common)
     assert set(results) == {(cfg.DATASETS.TEST[0], s) for s in ("query_similarity", "cosine")}
     for r in results.values():
-        assert 0 <= r["mAP"] <= 1 and len(r["per_query"]) == 1
+        assert 0 <= r["mAP"] <= 1 and len(r["per_query"]) == 1 and 0 <= r["det_AP"] <= 1
         assert r["per_query"][0]["count_gt"] >= 1
     # The query's gallery holds 2 images; the pre-filter keeps 1 of them.
     oim_files = [str(tmp_path / "oim.yaml"), str(tmp_path / "oim.pth")]

@@ -54,7 +54,9 @@ def evaluate(args):
         raise ValueError("--baseline-config and --baseline-weights go together")
     cfg, model = _model(args.config_file, args.weights, args.opts)
     mapper = DatasetMapper(cfg, False)
-    thresh = cfg.TEST.PERSON_SEARCH.SEARCH_SCORE_THRESH
+    # The evaluator's score thresholds: (search, detection AP).
+    search = cfg.TEST.PERSON_SEARCH
+    thresh = (search.SEARCH_SCORE_THRESH, search.DETECTION_SCORE_THRESH)
     results = {}
     for dataset in args.dataset or cfg.DATASETS.TEST:
         top = None
@@ -63,14 +65,16 @@ def evaluate(args):
                 raise ValueError("--top-n needs --prefilter-config and --prefilter-weights")
             pre_cfg, pre_model = _model(args.prefilter_config, args.prefilter_weights)
             top, results[(dataset, PREFILTER)] = prefilter_search(
-                pre_model, dataset, DatasetMapper(pre_cfg, False), args.top_n, thresh
+                pre_model, dataset, DatasetMapper(pre_cfg, False), args.top_n, *thresh
             )
         if args.baseline_weights:
             base_cfg, base_model = _model(args.baseline_config, args.baseline_weights)
             results[(dataset, BASELINE)] = restricted_search(
-                base_model, dataset, DatasetMapper(base_cfg, False), top, thresh
+                base_model, dataset, DatasetMapper(base_cfg, False), top, *thresh
             )
-        found = pair_search(model, dataset, mapper, args.score, args.batch_size, thresh, top)
+        found = pair_search(
+            model, dataset, mapper, args.score, args.batch_size, thresh[0], top, thresh[1]
+        )
         results.update({(dataset, score): r for score, r in found.items()})
     return results
 
@@ -105,8 +109,11 @@ def evaluate_and_print(args):
     results = evaluate(args)
     if not comm.is_main_process():
         return {}
-    print("| dataset | score | gallery | mAP | top-1 | top-5 | top-10 | pairs | s/pair |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print(
+        "| dataset | score | gallery | mAP | top-1 | top-5 | top-10 | det AP | det recall | pairs"
+        " | s/pair |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     gallery = f"top {args.top_n}" if args.top_n else "all"
     for (dataset, score), r in results.items():
         cost = (
@@ -114,7 +121,8 @@ def evaluate_and_print(args):
         )
         print(
             f"| {dataset} | {score} | {gallery} | {100 * r['mAP']:.2f} | {100 * r['top1']:.2f} "
-            f"| {100 * r['top5']:.2f} | {100 * r['top10']:.2f} | {cost} |"
+            f"| {100 * r['top5']:.2f} | {100 * r['top10']:.2f} | {100 * r['det_AP']:.2f} "
+            f"| {100 * r['det_recall']:.2f} | {cost} |"
         )
     return results
 

@@ -90,10 +90,12 @@ class Trainer(DefaultTrainer):
                 found = pair_search(
                     model, name, DatasetMapper(cfg, False),
                     search_thresh=cfg.TEST.PERSON_SEARCH.SEARCH_SCORE_THRESH,
+                    detection_thresh=cfg.TEST.PERSON_SEARCH.DETECTION_SCORE_THRESH,
                 )  # fmt: skip
                 if found:  # the main process
                     found = found["query_similarity"]
-                    metrics = {k: 100.0 * found[k] for k in ("mAP", "top1", "top5", "top10")}
+                    keys = ("mAP", "top1", "top5", "top10", "det_AP", "det_recall")
+                    metrics = {k: 100.0 * found[k] for k in keys}
                     logger.info(f"{name}: pair search {metrics}")
                     results[name] = {"person_search": metrics}
         return next(iter(results.values())) if len(results) == 1 else results

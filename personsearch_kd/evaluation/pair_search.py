@@ -22,7 +22,7 @@ from tqdm import tqdm
 from detectron2.data import DatasetCatalog
 from detectron2.utils import comm
 
-from .metrics import image_ground_truth, query_gallery, search_metrics
+from .metrics import detection_metrics, image_ground_truth, query_gallery, search_metrics
 
 __all__ = ["PAIR_SCORES", "pair_search", "prefilter_search", "restricted_search"]
 
@@ -48,6 +48,7 @@ def pair_search(
     batch_size: int = 4,
     search_thresh: float = 0.5,
     top_images: Optional[Dict[int, List]] = None,
+    detection_thresh: float = 0.01,
 ) -> Dict[str, Dict]:
     """
     Args:
@@ -59,10 +60,13 @@ def pair_search(
         search_thresh: detections scoring less are not searched.
         top_images: query_id -> the only gallery image ids to run (e.g. the first result of
             :func:`prefilter_search`); None runs every pair.
+        detection_thresh: detections scoring less are not counted for detection AP.
     Returns:
         score -> "mAP", "top1", "top5", "top10" (fractions) and "per_query", as
-        :func:`search_metrics`, with "pairs" (how many were run) and "seconds" (their wall time,
-        all processes together), on the main process; {} on the others.
+        :func:`search_metrics`; "det_AP" and "det_recall" (fractions) of the detections over the
+        pairs run, each pair one image (:func:`detection_metrics`; the query-conditioned
+        detector's, the same for every score); "pairs" (how many were run) and "seconds" (their
+        wall time, all processes together); on the main process, {} on the others.
     """
     unknown = [score for score in scores if score not in PAIR_SCORES]
     if unknown or not scores:
@@ -88,15 +92,16 @@ def pair_search(
     results = {}
     for score in scores:
         ranked = {pair: dict(r, feats=r[score]) for pair, r in found.items()}
-        results[score] = dict(_score(ranked, gallery, queries, galleries, search_thresh), **cost)
+        metrics = _score(ranked, gallery, queries, galleries, search_thresh, detection_thresh)
+        results[score] = dict(metrics, **cost)
     return results
 
 
-def _score(found, gallery, queries, galleries, search_thresh) -> Dict:
+def _score(found, gallery, queries, galleries, search_thresh, detection_thresh) -> Dict:
     """
-    The protocol's metrics of ranked pairs. ``found``: (query index, image id) -> "boxes" (D, 4),
-    "scores" (D,), "feats" (D, 1) the similarity to the query; ``galleries``: each query's
-    gallery image ids.
+    The protocol's metrics of ranked pairs, and detection AP and recall over the pairs (each
+    one image). ``found``: (query index, image id) -> "boxes" (D, 4), "scores" (D,), "feats"
+    (D, 1) the similarity to the query; ``galleries``: each query's gallery image ids.
     """
     # Images not run keep their ground truth with no detection: a miss, not a smaller gallery.
     nothing = {"boxes": np.zeros((0, 4)), "scores": np.zeros(0), "feats": np.zeros((0, 1))}
@@ -111,6 +116,11 @@ def _score(found, gallery, queries, galleries, search_thresh) -> Dict:
     for k in (1, 5, 10):
         results[f"top{k}"] = float(np.mean([q[f"top{k}"] for q in per_query]))
     results["per_query"] = per_query
+    # Each pair run counts as one image: an image is detected once per query that ran it, so
+    # rows that ran the same pairs (a pair evaluation and its pre-filter) are comparable.
+    per_pair = {pair: dict(image_ground_truth(gallery[pair[1]]), **r) for pair, r in found.items()}
+    detection = detection_metrics(per_pair, det_thresh=detection_thresh)
+    results["det_AP"], results["det_recall"] = detection["AP"], detection["recall"]
     return results
 
 
@@ -148,7 +158,12 @@ def _run_pairs(model, mapper, queries, gallery, pairs, batch_size) -> Dict:
 
 @torch.no_grad()
 def prefilter_search(
-    model, dataset_name: str, mapper: Callable[[Dict], Dict], top_n: int, search_thresh=0.5
+    model,
+    dataset_name: str,
+    mapper: Callable[[Dict], Dict],
+    top_n: int,
+    search_thresh=0.5,
+    detection_thresh=0.01,
 ) -> Tuple[Dict[int, List], Dict]:
     """
     The pre-filter of the pair evaluation, and its own search on the images it keeps: the same
@@ -169,7 +184,8 @@ def prefilter_search(
     def best_images(query_id, ids, best):
         return [ids[j] for j in np.argsort(best, kind="stable")[::-1][: top_n or len(ids)]]
 
-    return _query_agnostic_search(model, dataset_name, mapper, search_thresh, best_images)
+    threshes = (search_thresh, detection_thresh)
+    return _query_agnostic_search(model, dataset_name, mapper, threshes, best_images)
 
 
 @torch.no_grad()
@@ -179,6 +195,7 @@ def restricted_search(
     mapper: Callable[[Dict], Dict],
     top_images: Optional[Dict[int, List]] = None,
     search_thresh=0.5,
+    detection_thresh=0.01,
 ) -> Dict:
     """
     A query-agnostic model's search of only the given gallery images of each query, e.g. those
@@ -205,16 +222,19 @@ def restricted_search(
             )
         return list(top_images[query_id])
 
-    return _query_agnostic_search(model, dataset_name, mapper, search_thresh, given_images)[1]
+    threshes = (search_thresh, detection_thresh)
+    return _query_agnostic_search(model, dataset_name, mapper, threshes, given_images)[1]
 
 
-def _query_agnostic_search(model, dataset_name, mapper, search_thresh, choose):
+def _query_agnostic_search(model, dataset_name, mapper, threshes, choose):
     """
     One pass per gallery image and per query, shared among processes; then, for each query,
     ``choose(query_id, gallery ids, best similarity per image)`` names the images searched.
+    ``threshes``: (search, detection) score thresholds.
     Returns (query_id -> chosen ids, on every process; their search's metrics, on the main one).
     """
     gallery, queries = _split(dataset_name)
+    search_thresh = threshes[0]
     rank, world = comm.get_rank(), comm.get_world_size()
     detections, query_feats = {}, {}  # each process embeds its share of the images and queries
     for image_id in tqdm(list(gallery)[rank::world], desc="query-agnostic gallery",
@@ -246,4 +266,4 @@ def _query_agnostic_search(model, dataset_name, mapper, search_thresh, choose):
             }  # fmt: skip
     if not comm.is_main_process():
         return chosen, {}
-    return chosen, _score(found, gallery, queries, galleries, search_thresh)
+    return chosen, _score(found, gallery, queries, galleries, *threshes)
