@@ -89,19 +89,21 @@ def pair_search(
         found = {pair: result for part in parts for pair, result in part.items()}
     cost = {"pairs": len(pairs), "seconds": time.perf_counter() - start}
     galleries = [ids for ids, _ in plans]
+    # The detections are the same for every score: detection is scored once.
+    detection = _detection(found, gallery, detection_thresh)
     results = {}
     for score in scores:
         ranked = {pair: dict(r, feats=r[score]) for pair, r in found.items()}
-        metrics = _score(ranked, gallery, queries, galleries, search_thresh, detection_thresh)
-        results[score] = dict(metrics, **cost)
+        metrics = _score(ranked, gallery, queries, galleries, search_thresh)
+        results[score] = dict(metrics, **detection, **cost)
     return results
 
 
-def _score(found, gallery, queries, galleries, search_thresh, detection_thresh) -> Dict:
+def _score(found, gallery, queries, galleries, search_thresh) -> Dict:
     """
-    The protocol's metrics of ranked pairs, and detection AP and recall over the pairs (each
-    one image). ``found``: (query index, image id) -> "boxes" (D, 4), "scores" (D,), "feats"
-    (D, 1) the similarity to the query; ``galleries``: each query's gallery image ids.
+    The protocol's metrics of ranked pairs. ``found``: (query index, image id) -> "boxes" (D, 4),
+    "scores" (D,), "feats" (D, 1) the similarity to the query; ``galleries``: each query's
+    gallery image ids.
     """
     # Images not run keep their ground truth with no detection: a miss, not a smaller gallery.
     nothing = {"boxes": np.zeros((0, 4)), "scores": np.zeros(0), "feats": np.zeros((0, 1))}
@@ -116,12 +118,18 @@ def _score(found, gallery, queries, galleries, search_thresh, detection_thresh) 
     for k in (1, 5, 10):
         results[f"top{k}"] = float(np.mean([q[f"top{k}"] for q in per_query]))
     results["per_query"] = per_query
-    # Each pair run counts as one image: an image is detected once per query that ran it, so
-    # rows that ran the same pairs (a pair evaluation and its pre-filter) are comparable.
+    return results
+
+
+def _detection(found, gallery, detection_thresh) -> Dict:
+    """
+    "det_AP" and "det_recall" of the pairs' detections (``found`` as :func:`_score`'s). Each
+    pair run counts as one image: an image is detected once per query that ran it, so rows that
+    ran the same pairs (a pair evaluation and its pre-filter) are comparable.
+    """
     per_pair = {pair: dict(image_ground_truth(gallery[pair[1]]), **r) for pair, r in found.items()}
     detection = detection_metrics(per_pair, det_thresh=detection_thresh)
-    results["det_AP"], results["det_recall"] = detection["AP"], detection["recall"]
-    return results
+    return {"det_AP": detection["AP"], "det_recall": detection["recall"]}
 
 
 def _run_pairs(model, mapper, queries, gallery, pairs, batch_size) -> Dict:
@@ -184,8 +192,9 @@ def prefilter_search(
     def best_images(query_id, ids, best):
         return [ids[j] for j in np.argsort(best, kind="stable")[::-1][: top_n or len(ids)]]
 
-    threshes = (search_thresh, detection_thresh)
-    return _query_agnostic_search(model, dataset_name, mapper, threshes, best_images)
+    return _query_agnostic_search(
+        model, dataset_name, mapper, search_thresh, detection_thresh, best_images
+    )
 
 
 @torch.no_grad()
@@ -222,19 +231,18 @@ def restricted_search(
             )
         return list(top_images[query_id])
 
-    threshes = (search_thresh, detection_thresh)
-    return _query_agnostic_search(model, dataset_name, mapper, threshes, given_images)[1]
+    return _query_agnostic_search(
+        model, dataset_name, mapper, search_thresh, detection_thresh, given_images
+    )[1]
 
 
-def _query_agnostic_search(model, dataset_name, mapper, threshes, choose):
+def _query_agnostic_search(model, dataset_name, mapper, search_thresh, detection_thresh, choose):
     """
     One pass per gallery image and per query, shared among processes; then, for each query,
     ``choose(query_id, gallery ids, best similarity per image)`` names the images searched.
-    ``threshes``: (search, detection) score thresholds.
     Returns (query_id -> chosen ids, on every process; their search's metrics, on the main one).
     """
     gallery, queries = _split(dataset_name)
-    search_thresh = threshes[0]
     rank, world = comm.get_rank(), comm.get_world_size()
     detections, query_feats = {}, {}  # each process embeds its share of the images and queries
     for image_id in tqdm(list(gallery)[rank::world], desc="query-agnostic gallery",
@@ -266,4 +274,5 @@ def _query_agnostic_search(model, dataset_name, mapper, threshes, choose):
             }  # fmt: skip
     if not comm.is_main_process():
         return chosen, {}
-    return chosen, _score(found, gallery, queries, galleries, *threshes)
+    metrics = _score(found, gallery, queries, galleries, search_thresh)
+    return chosen, dict(metrics, **_detection(found, gallery, detection_thresh))
