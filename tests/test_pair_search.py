@@ -16,6 +16,7 @@ from detectron2.structures import Boxes, Instances  # noqa: E402
 from personsearch_kd.data.datasets.records import query_record, set_metadata  # noqa: E402
 from personsearch_kd.evaluation import (  # noqa: E402
     PAIR_SCORES,
+    PairCache,
     pair_search,
     prefilter_search,
     restricted_search,
@@ -112,6 +113,64 @@ def test_pair_search_scores_each_querys_pairs_as_the_protocol_by_hand(pair_set):
     for wrong in (("dot",), ()):
         with pytest.raises(ValueError, match="expected one or more of"):
             pair_search(model, pair_set, mapper=lambda r: dict(r), scores=wrong)
+
+
+class StoppingModel(PairModel):
+    """PairModel that dies (as a killed process would) when asked for its ``stop_at``-th pair."""
+
+    def __init__(self, answers, stop_at):
+        super().__init__(answers)
+        self.stop_at = stop_at
+
+    def search_pair(self, queries, galleries):
+        if len(self.pairs) + len(queries) >= self.stop_at:
+            raise KeyboardInterrupt
+        return super().search_pair(queries, galleries)
+
+
+def test_a_stopped_pair_evaluation_resumes_from_its_cache(pair_set, tmp_path):
+    mapper = lambda r: dict(r)  # noqa: E731
+    key = {"config_sha1": "a", "weights_sha1": "b", "batch_size": "1"}
+    everything = pair_search(PairModel(ANSWERS), pair_set, mapper, PAIR_SCORES, batch_size=1)
+
+    # Killed at its 3rd pair: the 2 pairs done are in the cache (written after every batch here).
+    with pytest.raises(KeyboardInterrupt):
+        pair_search(StoppingModel(ANSWERS, 3), pair_set, mapper, batch_size=1,
+                    cache=PairCache(str(tmp_path), pair_set, key, interval=0))  # fmt: skip
+    assert set(PairCache(str(tmp_path), pair_set, key).load()) == {(0, 1), (0, 2)}
+    # The same evaluation again runs only the missing pair and scores all 3 as an uncached run.
+    model = PairModel(ANSWERS)
+    resumed = pair_search(model, pair_set, mapper, PAIR_SCORES, batch_size=1,
+                          cache=PairCache(str(tmp_path), pair_set, key))  # fmt: skip
+    assert model.pairs == [(0, 3)]
+    for score in PAIR_SCORES:
+        assert resumed[score]["pairs"] == 3 and resumed[score]["pairs_run"] == 1
+        for metric in ("mAP", "top1", "det_AP", "det_recall", "per_query"):
+            assert resumed[score][metric] == everything[score][metric]
+
+    # The pairs split over two processes' files (a run with --num-gpus 2) are all read; a
+    # restricted evaluation takes only its own pairs from them and runs nothing.
+    saved = torch.load(tmp_path / f"{pair_set}.rank0.pth", weights_only=False)
+    pairs = saved["pairs"]
+    assert set(pairs) == {(0, 1), (0, 2), (0, 3)}
+    for rank, part in enumerate(([(0, 1)], [(0, 2), (0, 3)])):
+        torch.save(
+            dict(saved, pairs={p: pairs[p] for p in part}), tmp_path / f"{pair_set}.rank{rank}.pth"
+        )
+    model = PairModel(ANSWERS)
+    limited = pair_search(
+        model, pair_set, mapper, top_images={0: [1]}, cache=PairCache(str(tmp_path), pair_set, key)
+    )
+    assert model.pairs == [] and limited["query_similarity"]["pairs_run"] == 0
+    assert limited["query_similarity"]["mAP"] == pytest.approx(1 / 2)
+    assert set(PairCache(str(tmp_path), pair_set, key).load()) == set(pairs)  # nothing lost
+
+    # A cache of another model is refused, naming the file and what differs.
+    other = dict(key, weights_sha1="c")
+    with pytest.raises(ValueError, match=r"rank0\.pth: pair results of another .*weights_sha1"):
+        pair_search(
+            PairModel(ANSWERS), pair_set, mapper, cache=PairCache(str(tmp_path), pair_set, other)
+        )
 
 
 class GalleryModel:

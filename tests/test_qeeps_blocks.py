@@ -214,8 +214,16 @@ def test_evaluate_pairs_runs_a_qeeps_checkpoint_on_every_pair_and_on_a_prefilter
     assert torch.equal(table, torch.as_tensor(saved["roi_heads.oim_loss.lut"]))
     common = ["--config-file", str(tmp_path / "qeeps.yaml"), "--weights",
               str(tmp_path / "qeeps.pth"), "--score", "query_similarity", "cosine"]  # fmt: skip
-    results = load_tool("evaluate_pairs").main(common)
+    cached = ["--cache-dir", str(tmp_path / "pairs")]
+    results = load_tool("evaluate_pairs").main(common + cached)
     assert set(results) == {(cfg.DATASETS.TEST[0], s) for s in ("query_similarity", "cosine")}
+    # Run again with its cache: no pair is run, the results are the same; another batch size
+    # (another padding) is refused.
+    again = load_tool("evaluate_pairs").main(common + cached)
+    for pair_score, r in again.items():
+        assert r["pairs_run"] == 0 and r["per_query"] == results[pair_score]["per_query"]
+    with pytest.raises(ValueError, match="another evaluation.*batch_size"):
+        load_tool("evaluate_pairs").main(common + cached + ["--batch-size", "2"])
     for r in results.values():
         assert 0 <= r["mAP"] <= 1 and len(r["per_query"]) == 1 and 0 <= r["det_AP"] <= 1
         assert r["per_query"][0]["count_gt"] >= 1

@@ -10,7 +10,9 @@ images is printed beside it as the baseline with the same misses, and ``--baseli
 -weights`` adds a second query-agnostic model searched on the same images (e.g. the OIM model
 trained as many extra steps as QEEPS, without the guidance). Every --score comes from the same
 pair passes. With --num-gpus N (detectron2's launcher; processes on CPU too) the pairs are
-shared among N processes.
+shared among N processes. With ``--cache-dir D`` the pair results are saved in D as they come
+(about every minute): the same command run again after a stop or crash runs only the pairs
+missing, and refuses a D made with another config, weights or --batch-size.
 
     python tools/evaluate_pairs.py --config-file configs/mot15/qeeps_R_18_C4_cpu.yaml \
         --weights output/mot15_qeeps_R_18_C4_cpu/model_final.pth --dataset mot15_ps_mini_test \
@@ -28,6 +30,8 @@ from personsearch_kd import load_config
 from personsearch_kd.engine import add_launcher_arguments, build_trained_student, launch_from_args
 from personsearch_kd.evaluation import (
     PAIR_SCORES,
+    PairCache,
+    pair_cache_key,
     pair_search,
     prefilter_search,
     restricted_search,
@@ -52,28 +56,35 @@ def evaluate(args):
     """
     if bool(args.baseline_config) != bool(args.baseline_weights):
         raise ValueError("--baseline-config and --baseline-weights go together")
+    if args.top_n and not (args.prefilter_config and args.prefilter_weights):
+        raise ValueError("--top-n needs --prefilter-config and --prefilter-weights")
     cfg, model = _model(args.config_file, args.weights, args.opts)
     mapper = DatasetMapper(cfg, False)
+    # The query-agnostic models are built once for all test sets.
+    prefilter = _model(args.prefilter_config, args.prefilter_weights) if args.top_n else None
+    baseline = (
+        _model(args.baseline_config, args.baseline_weights) if args.baseline_weights else None
+    )
     # The evaluator's score thresholds: (search, detection AP).
     search = cfg.TEST.PERSON_SEARCH
     thresh = (search.SEARCH_SCORE_THRESH, search.DETECTION_SCORE_THRESH)
+    key = pair_cache_key(cfg, args.weights, args.batch_size) if args.cache_dir else None
     results = {}
     for dataset in args.dataset or cfg.DATASETS.TEST:
+        cache = PairCache(args.cache_dir, dataset, key) if args.cache_dir else None
         top = None
-        if args.top_n:
-            if not (args.prefilter_config and args.prefilter_weights):
-                raise ValueError("--top-n needs --prefilter-config and --prefilter-weights")
-            pre_cfg, pre_model = _model(args.prefilter_config, args.prefilter_weights)
+        if prefilter:
+            pre_cfg, pre_model = prefilter
             top, results[(dataset, PREFILTER)] = prefilter_search(
                 pre_model, dataset, DatasetMapper(pre_cfg, False), args.top_n, *thresh
             )
-        if args.baseline_weights:
-            base_cfg, base_model = _model(args.baseline_config, args.baseline_weights)
+        if baseline:
+            base_cfg, base_model = baseline
             results[(dataset, BASELINE)] = restricted_search(
                 base_model, dataset, DatasetMapper(base_cfg, False), top, *thresh
             )
         found = pair_search(
-            model, dataset, mapper, args.score, args.batch_size, thresh[0], top, thresh[1]
+            model, dataset, mapper, args.score, args.batch_size, thresh[0], top, thresh[1], cache
         )
         results.update({(dataset, score): r for score, r in found.items()})
     return results
@@ -93,6 +104,9 @@ def build_parser():
         "(both from the same pair passes)",
     )
     parser.add_argument("--batch-size", type=int, default=4, help="pairs per forward pass")
+    parser.add_argument(
+        "--cache-dir", help="save the pair results here as they come; a rerun resumes from them"
+    )
     parser.add_argument("--top-n", type=int, default=0, help="gallery images per query (0: all)")
     parser.add_argument("--prefilter-config")
     parser.add_argument("--prefilter-weights")
@@ -117,7 +131,9 @@ def evaluate_and_print(args):
     gallery = f"top {args.top_n}" if args.top_n else "all"
     for (dataset, score), r in results.items():
         cost = (
-            f"{r['pairs']} | {r['seconds'] / max(r['pairs'], 1):.2f}" if "pairs" in r else "– | –"
+            f"{r['pairs']} | {r['seconds'] / max(r['pairs_run'], 1):.2f}"
+            if "pairs" in r
+            else "– | –"
         )
         print(
             f"| {dataset} | {score} | {gallery} | {100 * r['mAP']:.2f} | {100 * r['top1']:.2f} "

@@ -7,6 +7,7 @@ from .metrics import average_precision, box_iou, detection_metrics, search_metri
 if find_spec("detectron2") is not None:
     from .evaluator import PersonSearchEvaluator
     from .gallery_pass import IndexedGallery
+    from .pair_cache import PairCache, pair_cache_key
     from .pair_search import PAIR_SCORES, pair_search, prefilter_search, restricted_search
     from .random_features import RandomFeatureEvaluator
     from .two_step import CropReIDEnsemble, GroundTruthBoxes, TwoStepSearch

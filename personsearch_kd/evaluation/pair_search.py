@@ -10,6 +10,7 @@ still count their ground truth, so a person missed by the pre-filter is a miss, 
 pre-filter's own search of the same images is the comparable baseline; any other query-agnostic
 model can be searched on the same images (:func:`restricted_search`). Under several
 processes (detectron2's launcher) the pairs are shared among them and the main process scores.
+A :class:`PairCache` keeps the pair results as they come, so a stopped evaluation resumes.
 """
 
 import time
@@ -23,6 +24,7 @@ from detectron2.data import DatasetCatalog
 from detectron2.utils import comm
 
 from .metrics import detection_metrics, image_ground_truth, query_gallery, search_metrics
+from .pair_cache import PairCache
 
 __all__ = ["PAIR_SCORES", "pair_search", "prefilter_search", "restricted_search"]
 
@@ -49,6 +51,7 @@ def pair_search(
     search_thresh: float = 0.5,
     top_images: Optional[Dict[int, List]] = None,
     detection_thresh: float = 0.01,
+    cache: Optional[PairCache] = None,
 ) -> Dict[str, Dict]:
     """
     Args:
@@ -61,6 +64,8 @@ def pair_search(
         top_images: query_id -> the only gallery image ids to run (e.g. the first result of
             :func:`prefilter_search`); None runs every pair.
         detection_thresh: detections scoring less are not counted for detection AP.
+        cache: where the pair results are saved as they come; the pairs it already holds are
+            not run again (a stopped evaluation resumes).
     Returns:
         score -> "mAP", "top1", "top5", "top10" (fractions) and "per_query", as
         :func:`search_metrics`; "det_AP" and "det_recall" (fractions) of the detections over the
@@ -77,17 +82,25 @@ def pair_search(
         ids = query_gallery(gallery, query, index)
         kept = None if top_images is None else set(top_images[query["query_id"]])
         plans.append((ids, ids if kept is None else [i for i in ids if i in kept]))
-    # Every process runs every world_size-th pair; the main process scores them all.
     pairs = [(q, image_id) for q, (_, run) in enumerate(plans) for image_id in run]
-    mine = pairs[comm.get_rank() :: comm.get_world_size()]
+    done = {}
+    if cache is not None:
+        # Only this evaluation's pairs: a cache made with another --top-n may hold others.
+        wanted = set(pairs)
+        done = {pair: r for pair, r in cache.load().items() if pair in wanted}
+        comm.synchronize()  # every process has read the files before any rewrites its own
+    todo = [pair for pair in pairs if pair not in done]
+    # Every process runs every world_size-th pair; the main process scores them all.
+    mine = todo[comm.get_rank() :: comm.get_world_size()]
     start = time.perf_counter()
-    found = _run_pairs(model, mapper, queries, gallery, mine, batch_size)
+    found = _run_pairs(model, mapper, queries, gallery, mine, batch_size, cache)
     if comm.get_world_size() > 1:
         parts = comm.gather(found, dst=0)
         if not comm.is_main_process():
             return {}
         found = {pair: result for part in parts for pair, result in part.items()}
-    cost = {"pairs": len(pairs), "seconds": time.perf_counter() - start}
+    found.update(done)
+    cost = {"pairs": len(pairs), "pairs_run": len(todo), "seconds": time.perf_counter() - start}
     galleries = [ids for ids, _ in plans]
     # The detections are the same for every score: detection is scored once.
     detection = _detection(found, gallery, detection_thresh)
@@ -132,11 +145,11 @@ def _detection(found, gallery, detection_thresh) -> Dict:
     return {"det_AP": detection["AP"], "det_recall": detection["recall"]}
 
 
-def _run_pairs(model, mapper, queries, gallery, pairs, batch_size) -> Dict:
+def _run_pairs(model, mapper, queries, gallery, pairs, batch_size, cache) -> Dict:
     """
     (query index, gallery image id) -> {"boxes" (D, 4), "scores" (D,), and for each of
     :data:`PAIR_SCORES` (D, 1): the query similarity of each detection} for each pair of
-    ``pairs``, ``batch_size`` per pass.
+    ``pairs``, ``batch_size`` per pass; each batch's results go to ``cache`` (if not None).
     """
     query_inputs = {}  # the mapped query images of the current batch
     found = {}
@@ -159,8 +172,12 @@ def _run_pairs(model, mapper, queries, gallery, pairs, batch_size) -> Dict:
                 "query_similarity": detections.query_similarity.float().numpy()[:, None],
                 "cosine": cosine.float().numpy()[:, None],
             }
+        if cache is not None:
+            cache.add({pair: found[pair] for pair in batch})
         progress.update(len(batch))
     progress.close()
+    if cache is not None:
+        cache.add({}, flush=True)
     return found
 
 
