@@ -193,7 +193,8 @@ def _search_on_two_ranks(name, out_dir):
 
     _register_pair_set(name)  # spawned workers start from a fresh catalog
     model = PairModel(ANSWERS)
-    results = pair_search(model, name, mapper=lambda r: dict(r), batch_size=1)
+    cache = PairCache(f"{out_dir}/cache", name, {"weights_sha1": "b"})
+    results = pair_search(model, name, mapper=lambda r: dict(r), batch_size=1, cache=cache)
     top, baseline = prefilter_search(GalleryModel(), name, lambda r: dict(r), top_n=2)
     with open(f"{out_dir}/rank{comm.get_rank()}.json", "w") as f:
         json.dump({"pairs": model.pairs, "results": results, "top": top, "base": baseline}, f)
@@ -245,6 +246,12 @@ def test_two_processes_share_the_pairs_and_the_main_one_scores_them_all(pair_set
     run = [tuple(pair) for rank in ranks for pair in rank["pairs"]]
     assert sorted(run) == [(0, 1), (0, 2), (0, 3)]  # every pair once, over both processes
     assert all(rank["pairs"] for rank in ranks)  # and each process ran some
+    # Each process saved the pairs it ran in its own file; together they hold every pair.
+    assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == [
+        f"pair_search_two_ranks.rank{r}.pth" for r in (0, 1)
+    ]
+    saved = PairCache(str(tmp_path / "cache"), "pair_search_two_ranks", {"weights_sha1": "b"})
+    assert sorted(saved.load()) == [(0, 1), (0, 2), (0, 3)]
     assert ranks[1]["results"] == {} and ranks[1]["base"] == {}
     main = ranks[0]["results"]["query_similarity"]
     assert main["mAP"] == pytest.approx(alone["query_similarity"]["mAP"])
