@@ -76,6 +76,46 @@ def test_from_checkpoint_copies_the_lut_buffer(teacher, tmp_path):
         _export(teacher, tmp_path / "bad.pth", "--from-checkpoint", "--lut-key", "roi_heads.lut")
 
 
+def test_random_is_a_seeded_table_of_unit_rows_that_fits_the_student(teacher, tmp_path):
+    from detectron2.config import CfgNode
+
+    from personsearch_kd.distillation import build_teachers
+    from personsearch_kd.layers import check_lut_file
+
+    def random_table(seed, name):
+        load_tool("export_lut").main(
+            ["--config-file", teacher["config"], "--random", "--seed", str(seed), "--output",
+             str(tmp_path / name)]
+        )  # fmt: skip
+        return load_lut_file(str(tmp_path / name))
+
+    content = random_table(3, "random3.pth")
+    lut = content["lut"]
+    assert content["method"] == "random" and content["teacher_weights"] == "seed 3"
+    assert lut.shape == (NUM_IDS, 256)
+    assert torch.allclose(lut.norm(dim=1), torch.ones(NUM_IDS), atol=1e-6)
+    assert torch.equal(random_table(3, "again.pth")["lut"], lut)  # the seed decides the table
+    assert not torch.allclose(random_table(4, "random4.pth")["lut"], lut)
+    # Far from any trained table and near-orthogonal rows: no identity knowledge in it.
+    assert (lut @ lut.T - torch.eye(NUM_IDS)).abs().max() < 0.5
+    cfg = teacher["cfg"]
+    check_lut_file(content, "random3.pth", cfg.DATASETS.TRAIN, range(NUM_IDS), 256)
+    # A KD_reid student takes it like any teacher's table.
+    student = cfg.clone()
+    student.defrost()
+    student.MODEL.TEACHERS = CfgNode(
+        {"table": {"KIND": "LUTFileTeacher", "WEIGHTS": str(tmp_path / "random3.pth")}}
+    )
+    assert torch.equal(build_teachers(student)["table"].lut, lut)
+    # A teacher's checkpoint with --random, or none without it, is refused.
+    with pytest.raises(ValueError, match="none with --random"):
+        _export(teacher, tmp_path / "bad.pth", "--random")
+    with pytest.raises(ValueError, match="--weights: expected the teacher's checkpoint"):
+        load_tool("export_lut").main(
+            ["--config-file", teacher["config"], "--from-checkpoint", "--output", str(tmp_path)]
+        )
+
+
 def _hand_computed_lut(teacher):
     """Each labeled box embedded alone in query mode, averaged per id by hand."""
     cfg, model = teacher["cfg"], teacher["model"].eval()

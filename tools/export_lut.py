@@ -12,6 +12,10 @@ Export a teacher's identity lookup table for KD_reid (the WEIGHTS of a student's
     python tools/export_lut.py --config-file TEACHER.yaml --compute --weights TEACHER.pth \
         --output teacher_lut.pth [--dataset NAME ...] [--num-gpus 8]
 
+    # the control for a table's knowledge: seeded random unit rows of the student's size
+    # (MODEL.OIM.NUM_IDS x EMBED_DIM, DATASETS.TRAIN of the given config), no teacher
+    python tools/export_lut.py --config-file STUDENT.yaml --random --seed 0 --output random_lut.pth
+
 The file format is documented in personsearch_kd/layers/lut_file.py.
 """
 
@@ -30,7 +34,7 @@ from personsearch_kd.engine.teacher_lut import (
     lut_from_checkpoint,
     teacher_box_features,
 )
-from personsearch_kd.layers.lut_file import identity_means, save_lut_file
+from personsearch_kd.layers.lut_file import identity_means, random_lut, save_lut_file
 
 logger = logging.getLogger("personsearch_kd.export_lut")
 
@@ -45,7 +49,14 @@ def build_parser() -> argparse.ArgumentParser:
     method.add_argument(
         "--compute", action="store_true", help="average the teacher's features per identity"
     )
-    parser.add_argument("--weights", required=True, help="the teacher's checkpoint")
+    method.add_argument(
+        "--random",
+        action="store_true",
+        help="seeded random unit rows: a fixed table without a teacher (the config names the "
+        "student's sizes)",
+    )
+    parser.add_argument("--weights", help="the teacher's checkpoint (not with --random)")
+    parser.add_argument("--seed", type=int, default=0, help="--random: the table's seed")
     parser.add_argument("--output", required=True, help="where to write the LUT file")
     parser.add_argument(
         "--dataset",
@@ -60,8 +71,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def teacher_config(args):
+    if bool(args.weights) == bool(args.random):
+        raise ValueError(
+            "--weights: expected the teacher's checkpoint with --from-checkpoint and --compute, "
+            "and none with --random"
+        )
     cfg = load_config(args.config_file, args.opts, freeze=False)
-    cfg.MODEL.WEIGHTS = args.weights
+    cfg.MODEL.WEIGHTS = args.weights or ""
     cfg.freeze()
     return cfg
 
@@ -78,6 +94,10 @@ def export(args) -> None:
             )
         lut = lut_from_checkpoint(args.weights, args.lut_key)
         dataset, person_ids, method = list(cfg.DATASETS.TRAIN), range(len(lut)), "from_checkpoint"
+    elif args.random:
+        # One row per id the student's OIM can see, as a checkpoint's LUT.
+        lut = random_lut(cfg.MODEL.OIM.NUM_IDS, cfg.MODEL.OIM.EMBED_DIM, args.seed)
+        dataset, person_ids, method = list(cfg.DATASETS.TRAIN), range(len(lut)), "random"
     else:
         dataset = args.dataset or list(cfg.DATASETS.TRAIN)
         dicts = [d for name in dataset for d in DatasetCatalog.get(name)]
@@ -95,9 +115,10 @@ def export(args) -> None:
         method = "compute"
         logger.info(f"Embedded {len(pids)} labeled boxes of {len(person_ids)} identities")
     if comm.is_main_process():
-        save_lut_file(args.output, lut, dataset, person_ids, method, cfg.dump(), args.weights)
+        source = args.weights or f"seed {args.seed}"
+        save_lut_file(args.output, lut, dataset, person_ids, method, cfg.dump(), source)
         logger.info(
-            f"Wrote {args.output}: {tuple(lut.shape)} LUT of {dataset} ({method}, {args.weights})"
+            f"Wrote {args.output}: {tuple(lut.shape)} LUT of {dataset} ({method}, {source})"
         )
 
 

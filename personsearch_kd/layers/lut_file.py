@@ -9,10 +9,12 @@ A LUT file is ``torch.save`` of a dict:
 - ``"dim"``: int, the feature width (= ``lut.shape[1]``);
 - ``"dataset"``: list of str, the registered training sets the rows belong to (DATASETS.TRAIN);
 - ``"id_map"``: dict {dataset person id (int): row (int)}, one entry per row;
-- ``"method"``: ``"from_checkpoint"`` (the LUT buffer of an OIM-family checkpoint) or
-  ``"compute"`` (per-identity mean of a teacher's features on the labeled training boxes);
+- ``"method"``: ``"from_checkpoint"`` (the LUT buffer of an OIM-family checkpoint),
+  ``"compute"`` (per-identity mean of a teacher's features on the labeled training boxes) or
+  ``"random"`` (seeded random unit rows: a fixed table that holds no teacher's knowledge, the
+  control for what fixing a table does by itself);
 - ``"teacher_config"`` (the teacher's config as YAML text) and ``"teacher_weights"`` (its
-  checkpoint path): where the table came from;
+  checkpoint path; ``"seed N"`` for a random table): where the table came from;
 - ``"version"``: 1.
 
 Pure torch: no detectron2 import.
@@ -23,9 +25,16 @@ from typing import Dict, Iterable, Sequence
 import torch
 import torch.nn.functional as F
 
-__all__ = ["LUT_METHODS", "save_lut_file", "load_lut_file", "check_lut_file", "identity_means"]
+__all__ = [
+    "LUT_METHODS",
+    "save_lut_file",
+    "load_lut_file",
+    "check_lut_file",
+    "identity_means",
+    "random_lut",
+]
 
-LUT_METHODS = ("from_checkpoint", "compute")
+LUT_METHODS = ("from_checkpoint", "compute", "random")
 _VERSION = 1
 _KEYS = ("lut", "dim", "dataset", "id_map", "method", "teacher_config", "teacher_weights")
 
@@ -160,3 +169,13 @@ def identity_means(feats: torch.Tensor, pids: torch.Tensor, person_ids: Sequence
     if empty:
         raise ValueError(f"identity_means: no labeled box of person ids {empty[:10]}")
     return F.normalize(sums / counts[:, None], dim=1)
+
+
+def random_lut(num_ids: int, dim: int, seed: int) -> torch.Tensor:
+    """
+    The ``--random`` LUT: (num_ids, dim) rows drawn from a standard normal (its own generator,
+    seeded) and L2-normalised, so near-orthogonal for a large ``dim``: fixed identity targets
+    that carry no knowledge of the persons.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    return F.normalize(torch.randn(num_ids, dim, generator=generator), dim=1)
