@@ -165,6 +165,19 @@ def test_qeeps_searches_a_pair_and_refuses_plain_inference(tiny_sets):
     assert ((found.query_similarity >= 0) & (found.query_similarity <= 1)).all()
     assert torch.allclose(found.reid_feats.norm(dim=1), torch.ones(len(found)), atol=1e-4)
     assert result["query_feat"].shape == (cfg.MODEL.OIM.EMBED_DIM,)
+    # TEST.PERSON_SEARCH.PRECISION bf16: the pair passes run under autocast (other numbers, near
+    # the fp32 ones) and the outputs stay fp32.
+    bf16 = cfg.clone()
+    bf16.TEST.PERSON_SEARCH.PRECISION = "bf16"
+    low_precision = build_model(bf16).eval()
+    low_precision.load_state_dict(model.state_dict())
+    (low,) = low_precision.search_pair([query], [gallery])
+    outputs = low["instances"].get_fields()
+    for name in ("scores", "query_similarity", "reid_feats"):
+        assert outputs[name].dtype == torch.float32, name
+    assert outputs["pred_boxes"].tensor.dtype == low["query_feat"].dtype == torch.float32
+    assert not torch.equal(low["query_feat"], result["query_feat"])
+    assert float(low["query_feat"] @ result["query_feat"]) > 0.95
     # Once trained (here: perturbed away from its identity start), QSSE conditions each branch
     # on the other: the same query box in another pair gets another feature.
     for qsse in model.qsse.blocks.values():

@@ -1,4 +1,5 @@
 # Copyright (c) personsearch_kd contributors. Licensed under the Apache License 2.0.
+import contextlib
 from typing import Dict, List, Tuple
 
 import torch
@@ -14,9 +15,21 @@ from .predictions import rpn_predictions
 from .record import StudentRecord
 from .student import DistillationStudent
 
-__all__ = ["PersonSearchRCNN"]
+__all__ = ["PersonSearchRCNN", "as_fp32"]
 
 _AUTOCAST_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def as_fp32(instances: Instances) -> Instances:
+    """
+    The documented outputs are fp32 whatever the precision of the computation: casts the boxes,
+    scores and (a query-guided model's) ``query_similarity`` in place; re-ID features are fp32.
+    """
+    instances.pred_boxes.tensor = instances.pred_boxes.tensor.float()
+    instances.scores = instances.scores.float()
+    if instances.has("query_similarity"):
+        instances.query_similarity = instances.query_similarity.float()
+    return instances
 
 
 @META_ARCH_REGISTRY.register()
@@ -81,18 +94,19 @@ class PersonSearchRCNN(DistillationStudent, GeneralizedRCNN):
         :meth:`embed_query_boxes`. Training adds the distillation losses to the student's.
         """
         if not self.training:
-            dtype = _AUTOCAST_DTYPES[self.inference_precision]
-            if dtype is None:
-                return self._inference(batched_inputs)
-            with torch.autocast(self.device.type, dtype=dtype):
+            with self.inference_autocast():
                 outputs = self._inference(batched_inputs)
-            # The documented outputs are fp32 whatever the precision of the computation.
             for output in outputs:
-                instances = output["instances"]
-                instances.pred_boxes.tensor = instances.pred_boxes.tensor.float()
-                instances.scores = instances.scores.float()
+                as_fp32(output["instances"])
             return outputs
         return self._training_forward(batched_inputs)
+
+    def inference_autocast(self):
+        """A context running its inference at ``inference_precision`` (nothing for fp32)."""
+        dtype = _AUTOCAST_DTYPES[self.inference_precision]
+        if dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=dtype)
 
     def _inference(self, batched_inputs: List[Dict[str, torch.Tensor]]):
         """Gallery images are detected, inputs with given boxes embedded; a batch may mix them."""

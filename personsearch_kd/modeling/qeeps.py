@@ -23,7 +23,7 @@ from detectron2.modeling.proposal_generator import build_proposal_generator
 from detectron2.structures import Boxes, Instances, pairwise_iou
 
 from ..layers.qeeps import QSSE, QuerySimilarityNet, query_proposal_labels
-from .meta_arch import PersonSearchRCNN
+from .meta_arch import PersonSearchRCNN, as_fp32
 from .record import StudentRecord
 
 __all__ = ["QEEPS", "SiameseQSSE"]
@@ -216,9 +216,17 @@ class QEEPS(PersonSearchRCNN):
         Returns:
             per pair ``{"instances": Instances, "query_feat": (D,)}``: the gallery detections
             (original size) with ``reid_feats`` (R, D) and ``query_similarity`` (R,), QSimNet's
-            probability that a detection is the query's person.
+            probability that a detection is the query's person; fp32 whatever
+            TEST.PERSON_SEARCH.PRECISION the passes run at (as the gallery inference's).
         """
         assert not self.training
+        with self.inference_autocast():
+            results = self._search_pair(queries, galleries)
+        for result in results:
+            as_fp32(result["instances"])
+        return results
+
+    def _search_pair(self, queries: List[Dict], galleries: List[Dict]) -> List[Dict]:
         q_images, g_images, q_feats, g_feats = self._pair_features(queries, galleries)
         query_boxes = [
             self._given_boxes(x, "query_boxes", size)[1][:1]
