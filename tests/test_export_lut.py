@@ -114,6 +114,10 @@ def test_random_is_a_seeded_table_of_unit_rows_that_fits_the_student(teacher, tm
         load_tool("export_lut").main(
             ["--config-file", teacher["config"], "--from-checkpoint", "--output", str(tmp_path)]
         )
+    # A seed is refused where nothing is drawn, rather than silently ignored.
+    with pytest.raises(ValueError, match="--seed is for --random"):
+        _export(teacher, tmp_path / "bad.pth", "--from-checkpoint", "--seed", "3")
+    assert not (tmp_path / "bad.pth").exists()
 
 
 def _hand_computed_lut(teacher):

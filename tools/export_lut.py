@@ -56,7 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
         "student's sizes)",
     )
     parser.add_argument("--weights", help="the teacher's checkpoint (not with --random)")
-    parser.add_argument("--seed", type=int, default=0, help="--random: the table's seed")
+    parser.add_argument("--seed", type=int, help="--random: the table's seed (default 0)")
     parser.add_argument("--output", required=True, help="where to write the LUT file")
     parser.add_argument(
         "--dataset",
@@ -76,6 +76,9 @@ def teacher_config(args):
             "--weights: expected the teacher's checkpoint with --from-checkpoint and --compute, "
             "and none with --random"
         )
+    if args.seed is not None and not args.random:
+        # Refused rather than ignored: a table from a checkpoint or a teacher draws nothing.
+        raise ValueError("--seed is for --random: --from-checkpoint and --compute draw nothing")
     cfg = load_config(args.config_file, args.opts, freeze=False)
     cfg.MODEL.WEIGHTS = args.weights or ""
     cfg.freeze()
@@ -86,18 +89,19 @@ def export(args) -> None:
     """Write the LUT file (on the main process; --compute runs on every process)."""
     setup_logger(name="personsearch_kd", distributed_rank=comm.get_rank())
     cfg = teacher_config(args)
-    if args.from_checkpoint:
-        if args.dataset:
-            raise ValueError(
-                "--dataset is for --compute: a checkpoint's LUT rows are the identities of the "
-                f"teacher's DATASETS.TRAIN {list(cfg.DATASETS.TRAIN)}"
-            )
-        lut = lut_from_checkpoint(args.weights, args.lut_key)
-        dataset, person_ids, method = list(cfg.DATASETS.TRAIN), range(len(lut)), "from_checkpoint"
-    elif args.random:
-        # One row per id the student's OIM can see, as a checkpoint's LUT.
-        lut = random_lut(cfg.MODEL.OIM.NUM_IDS, cfg.MODEL.OIM.EMBED_DIM, args.seed)
-        dataset, person_ids, method = list(cfg.DATASETS.TRAIN), range(len(lut)), "random"
+    if args.dataset and not args.compute:
+        raise ValueError(
+            "--dataset is for --compute: a copied or random table has one row per identity of "
+            f"the config's DATASETS.TRAIN {list(cfg.DATASETS.TRAIN)}"
+        )
+    seed = args.seed or 0
+    if args.from_checkpoint or args.random:
+        if args.from_checkpoint:
+            lut, method = lut_from_checkpoint(args.weights, args.lut_key), "from_checkpoint"
+        else:
+            lut, method = random_lut(cfg.MODEL.OIM.NUM_IDS, cfg.MODEL.OIM.EMBED_DIM, seed), "random"
+        # One row per id the student's OIM can see, in id order, as a checkpoint's LUT.
+        dataset, person_ids = list(cfg.DATASETS.TRAIN), range(len(lut))
     else:
         dataset = args.dataset or list(cfg.DATASETS.TRAIN)
         dicts = [d for name in dataset for d in DatasetCatalog.get(name)]
@@ -115,7 +119,7 @@ def export(args) -> None:
         method = "compute"
         logger.info(f"Embedded {len(pids)} labeled boxes of {len(person_ids)} identities")
     if comm.is_main_process():
-        source = args.weights or f"seed {args.seed}"
+        source = args.weights or f"seed {seed}"
         save_lut_file(args.output, lut, dataset, person_ids, method, cfg.dump(), source)
         logger.info(
             f"Wrote {args.output}: {tuple(lut.shape)} LUT of {dataset} ({method}, {source})"
