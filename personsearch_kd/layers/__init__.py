@@ -6,7 +6,15 @@ from .kd_losses import (
     hint_loss,
     soft_cross_entropy,
 )
-from .lut_file import check_lut_file, identity_means, load_lut_file, random_lut, save_lut_file
+from .lut_file import (
+    check_lut_file,
+    identity_means,
+    load_lut_file,
+    lut_agreement,
+    lut_structure,
+    random_lut,
+    save_lut_file,
+)
 from .oim_loss import UNLABELED_PID, OIMLoss
 from .qeeps import QSSE, QuerySimilarityNet, query_anchor_labels, query_proposal_labels
 from .triplet_loss import batch_hard_triplet_loss

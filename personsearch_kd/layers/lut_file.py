@@ -32,6 +32,8 @@ __all__ = [
     "check_lut_file",
     "identity_means",
     "random_lut",
+    "lut_structure",
+    "lut_agreement",
 ]
 
 LUT_METHODS = ("from_checkpoint", "compute", "random")
@@ -179,3 +181,54 @@ def random_lut(num_ids: int, dim: int, seed: int) -> torch.Tensor:
     """
     generator = torch.Generator().manual_seed(seed)
     return F.normalize(torch.randn(num_ids, dim, generator=generator), dim=1)
+
+
+def _off_diagonal_cosines(lut: torch.Tensor) -> torch.Tensor:
+    """(K(K-1),) cosines between distinct rows of a (K, D) table (each pair twice)."""
+    unit = F.normalize(lut.float(), dim=1)
+    return (unit @ unit.T)[~torch.eye(len(unit), dtype=torch.bool)]
+
+
+def lut_structure(lut: torch.Tensor) -> Dict[str, float]:
+    """
+    How much identity structure a (K, D) table holds: the mean, std and max of the cosines
+    between its distinct rows (near 0, 1/sqrt(D) and a few 1/sqrt(D) for a random table; a max
+    near 1 means two identities share a row). Needs K >= 2.
+    """
+    cosines = _off_diagonal_cosines(lut)
+    return {"mean": float(cosines.mean()), "std": float(cosines.std()), "max": float(cosines.max())}
+
+
+def lut_agreement(a: Dict, b: Dict) -> Dict[str, float]:
+    """
+    How far two loaded LUT files agree on the person ids they share, e.g. a KD_reid student's own
+    identity means (``export_lut --compute`` on the student's checkpoint) against the table it was
+    taught: did the table's identity layout reach the student's features?
+
+    Returns a dict:
+        ``"ids"``: K, the number of shared person ids (rows matched by ``id_map``, not by row);
+        ``"row_cosine"``: the mean over those ids of the cosine between a's and b's row of the
+        same person. Meaningful only when both tables live in one feature space (a student and
+        the table it was trained against); two separately trained networks give about 0;
+        ``"structure_correlation"``: the Pearson correlation of the two tables' cosines between
+        distinct shared identities: whether both hold the same identities close, in any feature
+        space (unchanged by a rotation of either).
+
+    Raises ValueError if the feature widths differ or fewer than 3 ids are shared.
+    """
+    shared = sorted(set(a["id_map"]) & set(b["id_map"]))
+    if a["dim"] != b["dim"] or len(shared) < 3:
+        raise ValueError(
+            f"lut_agreement: expected tables of one width sharing at least 3 person ids, got "
+            f"dims {a['dim']} and {b['dim']} and {len(shared)} shared ids"
+        )
+    rows_a = F.normalize(a["lut"][[a["id_map"][pid] for pid in shared]].float(), dim=1)
+    rows_b = F.normalize(b["lut"][[b["id_map"][pid] for pid in shared]].float(), dim=1)
+    structure = torch.corrcoef(
+        torch.stack([_off_diagonal_cosines(rows_a), _off_diagonal_cosines(rows_b)])
+    )[0, 1]
+    return {
+        "ids": len(shared),
+        "row_cosine": float((rows_a * rows_b).sum(1).mean()),
+        "structure_correlation": float(structure),
+    }
