@@ -11,6 +11,10 @@ the tables it was not:
         --weights output/kd_reid_student/model_final.pth --output student_means.pth
     python tools/compare_luts.py student_means.pth teacher_lut.pth random_lut.pth
 
+With `--dataset` of a test split, `--compute` of the student and of the teacher gives both
+structures over people neither trained on (compare them by structure: two networks' features
+live in different spaces).
+
 Prints two Markdown tables: each file's off-diagonal cosines (mean / std / max), and the first
 file against each other one (shared ids, mean cosine of the same person's rows, correlation of
 the identity-similarity structures; see `lut_agreement` in personsearch_kd/layers/lut_file.py).

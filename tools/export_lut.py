@@ -62,7 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--dataset",
         nargs="+",
         help="--compute: registered training sets whose labeled boxes are embedded "
-        "(default: the teacher's DATASETS.TRAIN); they must be the student's DATASETS.TRAIN",
+        "(default: the teacher's DATASETS.TRAIN); a KD_reid student needs its DATASETS.TRAIN, "
+        "tools/compare_luts.py takes any labeled set (e.g. the test split's unseen identities)",
     )
     parser.add_argument("--lut-key", default=OIM_LUT_KEY, help="--from-checkpoint: buffer name")
     add_launcher_arguments(parser, what="--compute: ")
