@@ -173,3 +173,8 @@ def test_compute_equals_a_hand_computation_single_and_distributed(teacher, tmp_p
 def test_dataset_flag_only_for_compute(teacher, tmp_path):
     with pytest.raises(ValueError, match=r"--dataset is for --compute"):
         _export(teacher, tmp_path / "lut.pth", "--from-checkpoint", "--dataset", "x")
+    with pytest.raises(ValueError, match=r"--dataset is for --compute"):
+        load_tool("export_lut").main(
+            ["--config-file", teacher["config"], "--random", "--dataset", "x", "--output",
+             str(tmp_path / "random.pth")]
+        )  # fmt: skip
