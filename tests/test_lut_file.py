@@ -18,8 +18,9 @@ from personsearch_kd.layers import (
 )
 
 
-def _save(path, lut=None, person_ids=(0, 1, 2), dataset=("toy_train",)):
-    lut = F.normalize(torch.randn(3, 4), dim=1) if lut is None else lut
+def _save(path, rows=None, person_ids=(0, 1, 2), dataset=("toy_train",)):
+    """Write a LUT file of the given rows (random ones by default), L2-normalised."""
+    lut = F.normalize(torch.randn(3, 4) if rows is None else torch.tensor(rows), dim=1)
     return save_lut_file(
         str(path), lut, dataset, person_ids, "compute", "MODEL:\n  DEVICE: cpu\n", "teacher.pth"
     )
@@ -77,16 +78,11 @@ def test_identity_means_by_hand():
         identity_means(feats, pids, person_ids=[9, 7, 4])
 
 
-def _table(path, rows, person_ids):
-    return save_lut_file(str(path), F.normalize(torch.tensor(rows), dim=1), ["toy_train"],
-                         person_ids, "compute", "", "x.pth")  # fmt: skip
-
-
 def test_structure_and_agreement_by_hand(tmp_path):
     r = 2**-0.5
-    a = _table(tmp_path / "a.pth", [[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]], person_ids=[0, 1, 2])
+    a = _save(tmp_path / "a.pth", [[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]], person_ids=[0, 1, 2])
     # Person 2 moved to the other diagonal; b stores its rows in another order (id_map decides).
-    b = _table(tmp_path / "b.pth", [[1.0, -1.0], [1.0, 0.0], [0.0, 1.0]], person_ids=[2, 0, 1])
+    b = _save(tmp_path / "b.pth", [[1.0, -1.0], [1.0, 0.0], [0.0, 1.0]], person_ids=[2, 0, 1])
     # a's cosines between distinct rows: (0,1) 0, (0,2) r, (1,2) r.
     assert lut_structure(a["lut"]) == pytest.approx({"mean": 2 * r / 3, "std": 0.3651, "max": r},
                                                     abs=1e-4)  # fmt: skip
@@ -103,10 +99,10 @@ def test_structure_and_agreement_by_hand(tmp_path):
     assert lut_agreement(a, a) == pytest.approx({"ids": 3, "row_cosine": 1.0,
                                                  "structure_correlation": 1.0})  # fmt: skip
     # Fewer than 3 shared ids, or other widths, leave nothing to correlate.
-    c = _table(tmp_path / "c.pth", [[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]], person_ids=[1, 2, 3])
+    c = _save(tmp_path / "c.pth", [[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]], person_ids=[1, 2, 3])
     with pytest.raises(ValueError, match=r"at least 3 person ids, got dims 2 and 2 and 2 shared"):
         lut_agreement(a, c)
-    wide = _table(tmp_path / "w.pth", [[1.0, 0, 0], [0, 1.0, 0], [0, 0, 1.0]], person_ids=[0, 1, 2])
+    wide = _save(tmp_path / "w.pth", [[1.0, 0, 0], [0, 1.0, 0], [0, 0, 1.0]], person_ids=[0, 1, 2])
     with pytest.raises(ValueError, match=r"got dims 2 and 3"):
         lut_agreement(a, wide)
 
@@ -115,8 +111,8 @@ def test_compare_luts_prints_each_table_and_the_first_against_the_others(tmp_pat
     from helpers import load_tool
 
     r = 2**-0.5
-    _table(tmp_path / "a.pth", [[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]], person_ids=[0, 1, 2])
-    _table(tmp_path / "b.pth", [[1.0, -1.0], [1.0, 0.0], [0.0, 1.0]], person_ids=[2, 0, 1])
+    _save(tmp_path / "a.pth", [[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]], person_ids=[0, 1, 2])
+    _save(tmp_path / "b.pth", [[1.0, -1.0], [1.0, 0.0], [0.0, 1.0]], person_ids=[2, 0, 1])
     paths = [str(tmp_path / name) for name in ("a.pth", "b.pth")]
     agreements = load_tool("compare_luts").main([paths[0], paths[1], paths[0]])
     assert agreements[paths[1]]["row_cosine"] == pytest.approx(2 / 3)
@@ -124,6 +120,6 @@ def test_compare_luts_prints_each_table_and_the_first_against_the_others(tmp_pat
     out = capsys.readouterr().out
     assert f"| {paths[0]} | compute | 3 | {2 * r / 3:.3f} | 0.365 | {r:.3f} |" in out
     assert re.search(rf"\| {re.escape(paths[1])} \| 3 \| 0.667 \| -?0.000 \|", out)
-    _table(tmp_path / "c.pth", [[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]], person_ids=[1, 2, 3])
+    _save(tmp_path / "c.pth", [[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]], person_ids=[1, 2, 3])
     with pytest.raises(ValueError, match=r"a.pth against .*c.pth: lut_agreement: .* 2 shared"):
         load_tool("compare_luts").main([paths[0], str(tmp_path / "c.pth")])
