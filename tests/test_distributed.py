@@ -17,13 +17,13 @@ from detectron2.structures import Instances  # noqa: E402
 from detectron2.utils import comm  # noqa: E402
 from detectron2.utils.events import EventStorage  # noqa: E402
 
-from helpers import (
+from helpers import (  # noqa: E402
     end_distributed_worker,
     model_inputs,
     set_seed,
     synthetic_record,
     tiny_cfg,
-)  # noqa: E402
+)
 
 # Each rank sees its own identities, so a rank that did not gather would miss the other's rows.
 RANK_PIDS = {0: [[0, 1, -1], [1, -1]], 1: [[2, 3, -1], [3, 2]]}

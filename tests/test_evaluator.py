@@ -10,11 +10,11 @@ pytest.importorskip("detectron2")
 
 import cv2  # noqa: E402
 
-from detectron2.data import (
+from detectron2.data import (  # noqa: E402
     DatasetCatalog,
     MetadataCatalog,
     build_detection_test_loader,
-)  # noqa: E402
+)
 from detectron2.engine import launch  # noqa: E402
 from detectron2.evaluation import DatasetEvaluators, inference_on_dataset  # noqa: E402
 from detectron2.modeling import build_model  # noqa: E402

@@ -1,5 +1,5 @@
 # Copyright (c) personsearch_kd contributors. Licensed under the Apache License 2.0.
-"""tools/search_demo.py on the shipped sample (datasets/mot15-ps-sample), with an untrained model."""
+"""tools/search_demo.py on the shipped sample (datasets/mot15-ps-sample), untrained model."""
 
 import os
 import shutil
