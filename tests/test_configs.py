@@ -119,3 +119,19 @@ def test_mot15_configs_have_one_lut_row_per_training_identity():
     assert len(mot15) >= 26
     for path in mot15:
         assert _cfg(path).MODEL.OIM.NUM_IDS == num_ids, path
+
+
+@pytest.mark.parametrize("size", ["cpu", "gpu"])
+def test_dkd_control_is_the_dkd_student_without_its_teacher(size):
+    dkd = _cfg(os.path.join(CONFIGS, "mot15", f"dkd_R_18_C4_teacher_reid_R_18_{size}.yaml"))
+    control = _cfg(os.path.join(CONFIGS, "mot15", f"dkd_control_R_18_C4_{size}.yaml"))
+    assert dict(control.MODEL.TEACHERS) == {} and control.MODEL.DISTILLATION.LOSSES == []
+    # Everything the student trains with but the teacher, its terms and their crops is the same.
+    defaults = get_cfg()
+    add_personsearch_config(defaults)
+    for cfg in (dkd, control):
+        cfg.MODEL.TEACHERS.clear()
+        cfg.MODEL.DISTILLATION.LOSSES = []
+        cfg.INPUT.REID_CROP = defaults.INPUT.REID_CROP.clone()
+        cfg.OUTPUT_DIR = defaults.OUTPUT_DIR
+    assert dkd.dump() == control.dump()
