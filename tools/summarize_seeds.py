@@ -1,0 +1,182 @@
+#!/usr/bin/env python3
+# Copyright (c) personsearch_kd contributors. Licensed under the Apache License 2.0.
+"""
+Summarise seeded trainings as one Markdown table: each run's final search and detection metrics
+(the last evaluation in its OUTPUT_DIR/metrics.json) and, per group of runs, mean ± std (sample
+standard deviation) over the seeds, with the difference of means against a baseline group.
+
+A group is one configuration trained with different SEEDs. The runs of a group must have the same
+merged config (OUTPUT_DIR/config.yaml, written by tools/train_net.py) but for SEED and OUTPUT_DIR,
+distinct seeds and a finished training, so that runs of different settings are never averaged
+together by mistake; keys that vary on purpose (e.g. a teacher's weights trained per seed) are
+named with --vary.
+
+    python tools/summarize_seeds.py \
+        --group "OIM_18, lambda_oim 1.0" out/lam1_s0 out/lam1_s1 out/lam1_s2 \
+        --group "KD_det R18 <- DET_50" out/kddet_s0 out/kddet_s1 out/kddet_s2 \
+        --baseline "OIM_18, lambda_oim 1.0"
+"""
+
+import argparse
+import json
+import os
+import statistics
+import sys
+
+import yaml
+
+# metrics.json key -> column header; the keys the evaluator writes (DETECTION_ONLY runs: det only).
+METRICS = {
+    "person_search/mAP": "mAP",
+    "person_search/top1": "top-1",
+    "person_search/det_AP": "det AP",
+    "person_search/det_recall": "det recall",
+}
+ALWAYS_VARY = ("SEED", "OUTPUT_DIR")
+
+
+def flatten(tree, prefix=""):
+    """{"A": {"B": 1}} -> {"A.B": 1}: config keys as written on the command line."""
+    flat = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flatten(value, name + "."))
+        else:
+            flat[name] = value
+    return flat
+
+
+def read_run(run_dir):
+    """
+    Returns {"dir", "seed", "iteration", "config" (flat dict), "metrics" ({column: value})} from
+    one train_net.py OUTPUT_DIR; raises ValueError naming the file when the run cannot be read or
+    its training did not reach SOLVER.MAX_ITER.
+    """
+    config_path = os.path.join(run_dir, "config.yaml")
+    metrics_path = os.path.join(run_dir, "metrics.json")
+    for path in (config_path, metrics_path):
+        if not os.path.isfile(path):
+            raise ValueError(f"{path}: missing; expected a tools/train_net.py OUTPUT_DIR")
+    with open(config_path) as f:
+        config = flatten(yaml.safe_load(f))
+    final = None
+    with open(metrics_path) as f:
+        for line_number, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{metrics_path}:{line_number}: not a JSON record ({e})") from e
+            if any(key in record for key in METRICS):
+                final = record
+    if final is None:
+        raise ValueError(f"{metrics_path}: no evaluation recorded (keys {sorted(METRICS)})")
+    max_iter = config.get("SOLVER.MAX_ITER")
+    # The final evaluation is stored at MAX_ITER (after_train) or MAX_ITER - 1 (EVAL_PERIOD).
+    if max_iter is not None and final["iteration"] < max_iter - 1:
+        raise ValueError(
+            f"{metrics_path}: last evaluation at iteration {final['iteration']}, "
+            f"SOLVER.MAX_ITER is {max_iter}: the training is unfinished"
+        )
+    return {
+        "dir": run_dir,
+        "seed": config.get("SEED", -1),
+        "iteration": final["iteration"],
+        "config": config,
+        "metrics": {column: final[key] for key, column in METRICS.items() if key in final},
+    }
+
+
+def check_group(label, runs, vary):
+    """Raises ValueError unless the runs differ only in the keys of ``vary`` and in their seeds."""
+    first = runs[0]
+    for run in runs[1:]:
+        keys = set(first["config"]) | set(run["config"])
+        for key in sorted(keys - set(vary)):
+            a, b = first["config"].get(key), run["config"].get(key)
+            if a != b:
+                raise ValueError(
+                    f"group {label!r}: {first['dir']} and {run['dir']} differ in {key} "
+                    f"({a!r} vs {b!r}); pass --vary {key} if that is intended"
+                )
+    seeds = [run["seed"] for run in runs if run["seed"] >= 0]
+    if len(seeds) != len(set(seeds)):
+        raise ValueError(f"group {label!r}: a SEED appears twice ({sorted(seeds)})")
+
+
+def mean_std(values):
+    """(mean, sample std or None for a single value)."""
+    return statistics.mean(values), (statistics.stdev(values) if len(values) > 1 else None)
+
+
+def format_mean_std(values):
+    if not values:
+        return "–"
+    mean, std = mean_std(values)
+    return f"{mean:.2f}" if std is None else f"{mean:.2f} ± {std:.2f}"
+
+
+def table(groups, baseline=None):
+    """
+    groups: [(label, [run, ...])] as returned by read_run. Returns the Markdown table as a list of
+    lines: one row per run, then per group its mean ± std row and, with ``baseline`` (a label),
+    the group's mean mAP minus the baseline's.
+    """
+    columns = list(METRICS.values())
+    means = {
+        label: {c: [r["metrics"][c] for r in runs if c in r["metrics"]] for c in columns}
+        for label, runs in groups
+    }
+    header = ["model", "seed", "iteration"] + columns
+    if baseline is not None:
+        header.append(f"Δ mAP vs {baseline}")
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for label, runs in groups:
+        for run in runs:
+            seed = str(run["seed"]) if run["seed"] >= 0 else "random"
+            cells = [label, seed, str(run["iteration"])]
+            cells += [f"{run['metrics'][c]:.2f}" if c in run["metrics"] else "–" for c in columns]
+            lines.append("| " + " | ".join(cells + ([""] if baseline else [])) + " |")
+        seeds = ", ".join(str(r["seed"]) if r["seed"] >= 0 else "random" for r in runs)
+        cells = [f"**{label}, mean ± std**", seeds, ""]
+        cells += [format_mean_std(means[label][c]) for c in columns]
+        if baseline is not None:
+            ours, theirs = means[label]["mAP"], means[baseline]["mAP"]
+            delta = statistics.mean(ours) - statistics.mean(theirs) if ours and theirs else None
+            cells.append("–" if delta is None or label == baseline else f"{delta:+.2f}")
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--group", nargs="+", action="append", required=True, metavar=("LABEL", "DIR"),
+        help="a label and the OUTPUT_DIRs of its seeded runs; repeat for each configuration",
+    )  # fmt: skip
+    parser.add_argument(
+        "--vary", nargs="+", default=[], metavar="KEY",
+        help="config keys allowed to differ within a group besides SEED and OUTPUT_DIR",
+    )  # fmt: skip
+    parser.add_argument("--baseline", metavar="LABEL", help="the group the others are compared to")
+    args = parser.parse_args(argv)
+    labels = [group[0] for group in args.group]
+    if any(len(group) < 2 for group in args.group):
+        parser.error("each --group needs a label and at least one run directory")
+    if len(set(labels)) != len(labels):
+        parser.error(f"--group labels must be distinct, got {labels}")
+    if args.baseline is not None and args.baseline not in labels:
+        parser.error(f"--baseline {args.baseline!r} is not a --group label ({labels})")
+    try:
+        groups = [(group[0], [read_run(d) for d in group[1:]]) for group in args.group]
+        for label, runs in groups:
+            check_group(label, runs, ALWAYS_VARY + tuple(args.vary))
+    except ValueError as e:
+        sys.exit(f"summarize_seeds: {e}")
+    print("\n".join(table(groups, args.baseline)))
+
+
+if __name__ == "__main__":
+    main()
