@@ -16,7 +16,8 @@ TOOL = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
 
 def make_run(root, name, seed, evaluations, lam=0.1, max_iter=2000, teacher="t.pth"):
     """A train_net.py-like OUTPUT_DIR: config.yaml and metrics.json with training records between
-    evaluations; evaluations: [(iteration, mAP, top1, det_AP, det_recall)]."""
+    evaluations; evaluations: [(iteration, mAP, top1, det_AP, det_recall)], stored as detectron2
+    does (EVAL_PERIOD's at the 0-based iteration - 1, the final one at MAX_ITER)."""
     run = root / name
     run.mkdir()
     config = {
@@ -28,7 +29,8 @@ def make_run(root, name, seed, evaluations, lam=0.1, max_iter=2000, teacher="t.p
     for iteration, mAP, top1, ap, recall in evaluations:
         records.append({"iteration": iteration - 1, "total_loss": 1.0})
         records.append({
-            "iteration": iteration, "person_search/mAP": mAP, "person_search/top1": top1,
+            "iteration": iteration if iteration == max_iter else iteration - 1,
+            "person_search/mAP": mAP, "person_search/top1": top1,
             "person_search/det_AP": ap, "person_search/det_recall": recall,
         })  # fmt: skip
     (run / "metrics.json").write_text("\n".join(json.dumps(r) for r in records) + "\n")
@@ -81,10 +83,26 @@ def test_runs_of_different_settings_are_not_averaged_unless_the_key_is_named(tmp
     assert rows(allowed.stdout)[3][3] == "32.00 ± 2.83"
 
 
+def test_an_earlier_evaluation_of_unfinished_runs_with_iteration(tmp_path):
+    done = make_run(tmp_path, "done", 0, [(1000, 10.0, 20.0, 50.0, 60.0),
+                                          (2000, 30.0, 60.0, 80.0, 90.0)])  # fmt: skip
+    running = make_run(tmp_path, "running", 1, [(1000, 14.0, 22.0, 54.0, 62.0)])
+    result = summarize("--group", "x", done, running, "--iteration", "1000")
+    assert result.returncode == 0, result.stderr
+    table = rows(result.stdout)
+    assert [row[:4] for row in table[1:3]] == [
+        ["x", "0", "999", "10.00"], ["x", "1", "999", "14.00"]
+    ]  # fmt: skip
+    assert table[3][3] == "12.00 ± 2.83"
+    missing = summarize("--group", "x", done, running, "--iteration", "1500")
+    assert missing.returncode != 0
+    assert "no evaluation at iteration 1500 (evaluated at [999, 2000])" in missing.stderr
+
+
 @pytest.mark.parametrize(
     "case, message",
     [
-        ("unfinished", "last evaluation at iteration 1000, SOLVER.MAX_ITER is 2000"),
+        ("unfinished", "last evaluation at iteration 999, SOLVER.MAX_ITER is 2000"),
         ("same_seed", "a SEED appears twice ([0, 0])"),
         ("no_evaluation", "no evaluation recorded"),
         ("not_a_run", "config.yaml: missing"),

@@ -2,14 +2,15 @@
 # Copyright (c) personsearch_kd contributors. Licensed under the Apache License 2.0.
 """
 Summarise seeded trainings as one Markdown table: each run's final search and detection metrics
-(the last evaluation in its OUTPUT_DIR/metrics.json) and, per group of runs, mean ± std (sample
-standard deviation) over the seeds, with the difference of means against a baseline group.
+(the last evaluation in its OUTPUT_DIR/metrics.json, or with --iteration N the one at iteration
+N) and, per group of runs, mean ± std (sample standard deviation) over the seeds, with the
+difference of means against a baseline group.
 
 A group is one configuration trained with different SEEDs. The runs of a group must have the same
 merged config (OUTPUT_DIR/config.yaml, written by tools/train_net.py) but for SEED and OUTPUT_DIR,
-distinct seeds and a finished training, so that runs of different settings are never averaged
-together by mistake; keys that vary on purpose (e.g. a teacher's weights trained per seed) are
-named with --vary.
+distinct seeds and (without --iteration) a finished training, so that runs of different settings
+are never averaged together by mistake; keys that vary on purpose (e.g. a teacher's weights
+trained per seed) are named with --vary.
 
     python tools/summarize_seeds.py \
         --group "OIM_18, lambda_oim 1.0" out/lam1_s0 out/lam1_s1 out/lam1_s2 \
@@ -47,11 +48,13 @@ def flatten(tree, prefix=""):
     return flat
 
 
-def read_run(run_dir):
+def read_run(run_dir, iteration=None):
     """
     Returns {"dir", "seed", "iteration", "config" (flat dict), "metrics" ({column: value})} from
-    one train_net.py OUTPUT_DIR; raises ValueError naming the file when the run cannot be read or
-    its training did not reach SOLVER.MAX_ITER.
+    one train_net.py OUTPUT_DIR: its last evaluation, or with ``iteration`` the evaluation at that
+    iteration (EVAL_PERIOD), so unfinished runs can be compared mid-way. Raises ValueError naming
+    the file when the run cannot be read, lacks that evaluation, or (without ``iteration``) its
+    training did not reach SOLVER.MAX_ITER.
     """
     config_path = os.path.join(run_dir, "config.yaml")
     metrics_path = os.path.join(run_dir, "metrics.json")
@@ -60,7 +63,7 @@ def read_run(run_dir):
             raise ValueError(f"{path}: missing; expected a tools/train_net.py OUTPUT_DIR")
     with open(config_path) as f:
         config = flatten(yaml.safe_load(f))
-    final = None
+    evaluations = []
     with open(metrics_path) as f:
         for line_number, line in enumerate(f, 1):
             if not line.strip():
@@ -70,12 +73,21 @@ def read_run(run_dir):
             except json.JSONDecodeError as e:
                 raise ValueError(f"{metrics_path}:{line_number}: not a JSON record ({e})") from e
             if any(key in record for key in METRICS):
-                final = record
-    if final is None:
+                evaluations.append(record)
+    if not evaluations:
         raise ValueError(f"{metrics_path}: no evaluation recorded (keys {sorted(METRICS)})")
+    final = evaluations[-1]
     max_iter = config.get("SOLVER.MAX_ITER")
-    # The final evaluation is stored at MAX_ITER (after_train) or MAX_ITER - 1 (EVAL_PERIOD).
-    if max_iter is not None and final["iteration"] < max_iter - 1:
+    if iteration is not None:
+        # EVAL_PERIOD's evaluations are stored at the 0-based iteration N - 1, the final one at N.
+        at = [r for r in evaluations if r["iteration"] in (iteration - 1, iteration)]
+        if not at:
+            raise ValueError(
+                f"{metrics_path}: no evaluation at iteration {iteration} "
+                f"(evaluated at {[r['iteration'] for r in evaluations]})"
+            )
+        final = at[-1]
+    elif max_iter is not None and final["iteration"] < max_iter - 1:
         raise ValueError(
             f"{metrics_path}: last evaluation at iteration {final['iteration']}, "
             f"SOLVER.MAX_ITER is {max_iter}: the training is unfinished"
@@ -161,6 +173,11 @@ def main(argv=None):
         help="config keys allowed to differ within a group besides SEED and OUTPUT_DIR",
     )  # fmt: skip
     parser.add_argument("--baseline", metavar="LABEL", help="the group the others are compared to")
+    parser.add_argument(
+        "--iteration", type=int, metavar="N",
+        help="use each run's evaluation at iteration N (TEST.EVAL_PERIOD) instead of its final "
+        "one; unfinished runs are then allowed",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     labels = [group[0] for group in args.group]
     if any(len(group) < 2 for group in args.group):
@@ -170,7 +187,10 @@ def main(argv=None):
     if args.baseline is not None and args.baseline not in labels:
         parser.error(f"--baseline {args.baseline!r} is not a --group label ({labels})")
     try:
-        groups = [(group[0], [read_run(d) for d in group[1:]]) for group in args.group]
+        groups = [
+            (group[0], [read_run(run_dir, args.iteration) for run_dir in group[1:]])
+            for group in args.group
+        ]
         for label, runs in groups:
             check_group(label, runs, ALWAYS_VARY + tuple(args.vary))
     except ValueError as e:
