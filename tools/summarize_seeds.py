@@ -118,16 +118,18 @@ def check_group(label, runs, vary):
         raise ValueError(f"group {label!r}: a SEED appears twice ({sorted(seeds)})")
 
 
-def mean_std(values):
-    """(mean, sample std or None for a single value)."""
-    return statistics.mean(values), (statistics.stdev(values) if len(values) > 1 else None)
-
-
 def format_mean_std(values):
+    """"mean ± sample std"; the mean alone for one value, "–" for none."""
     if not values:
         return "–"
-    mean, std = mean_std(values)
-    return f"{mean:.2f}" if std is None else f"{mean:.2f} ± {std:.2f}"
+    if len(values) == 1:
+        return f"{values[0]:.2f}"
+    return f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f}"
+
+
+def seed_label(run):
+    """A run's SEED, or "random" for detectron2's SEED -1 (a new seed drawn per run)."""
+    return str(run["seed"]) if run["seed"] >= 0 else "random"
 
 
 def table(groups, baseline=None):
@@ -137,7 +139,7 @@ def table(groups, baseline=None):
     the group's mean mAP minus the baseline's.
     """
     columns = list(METRICS.values())
-    means = {
+    values = {
         label: {c: [r["metrics"][c] for r in runs if c in r["metrics"]] for c in columns}
         for label, runs in groups
     }
@@ -147,15 +149,13 @@ def table(groups, baseline=None):
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for label, runs in groups:
         for run in runs:
-            seed = str(run["seed"]) if run["seed"] >= 0 else "random"
-            cells = [label, seed, str(run["iteration"])]
+            cells = [label, seed_label(run), str(run["iteration"])]
             cells += [f"{run['metrics'][c]:.2f}" if c in run["metrics"] else "–" for c in columns]
-            lines.append("| " + " | ".join(cells + ([""] if baseline else [])) + " |")
-        seeds = ", ".join(str(r["seed"]) if r["seed"] >= 0 else "random" for r in runs)
-        cells = [f"**{label}, mean ± std**", seeds, ""]
-        cells += [format_mean_std(means[label][c]) for c in columns]
+            lines.append("| " + " | ".join(cells + ([""] if baseline is not None else [])) + " |")
+        cells = [f"**{label}, mean ± std**", ", ".join(seed_label(r) for r in runs), ""]
+        cells += [format_mean_std(values[label][c]) for c in columns]
         if baseline is not None:
-            ours, theirs = means[label]["mAP"], means[baseline]["mAP"]
+            ours, theirs = values[label]["mAP"], values[baseline]["mAP"]
             delta = statistics.mean(ours) - statistics.mean(theirs) if ours and theirs else None
             cells.append("–" if delta is None or label == baseline else f"{delta:+.2f}")
         lines.append("| " + " | ".join(cells) + " |")
