@@ -46,7 +46,7 @@ def rows(stdout):
     return [[cell.strip() for cell in line.strip("|").split("|")] for line in lines]
 
 
-def test_final_evaluations_and_sample_std_per_group_with_the_baseline_difference(tmp_path):
+def test_final_evaluations_and_sample_std_per_group_with_the_paired_baseline_difference(tmp_path):
     control = [
         make_run(tmp_path, "c0", 0, [(1000, 10.0, 20.0, 50.0, 60.0),
                                      (2000, 30.0, 60.0, 80.0, 90.0)]),
@@ -62,13 +62,25 @@ def test_final_evaluations_and_sample_std_per_group_with_the_baseline_difference
     assert result.returncode == 0, result.stderr
     table = rows(result.stdout)
     assert table[0] == ["model", "seed", "iteration", "mAP", "top-1", "det AP", "det recall",
-                        "Δ mAP vs control"]  # fmt: skip
+                        "Δ mAP vs control, paired by seed"]  # fmt: skip
     # The last evaluation of each run, not the one at iteration 1000.
     assert table[1][:7] == ["control", "0", "2000", "30.00", "60.00", "80.00", "90.00"]
     mean, std = statistics.mean([30, 34, 35]), statistics.stdev([30, 34, 35])
     assert table[4][:4] == ["**control, mean ± std**", "0, 1, 2", "", f"{mean:.2f} ± {std:.2f}"]
     assert table[4][7] == "–"
-    assert table[7][3] == "41.00 ± 1.41" and table[7][7] == f"{41 - mean:+.2f}"
+    # KD ran seeds 0 and 1 only: compared with the control's seeds 0 and 1 (40 - 30, 42 - 34), not
+    # with the control's 3-seed mean.
+    assert table[7][3] == "41.00 ± 1.41" and table[7][7] == "+9.00 (0: +10.00, 1: +8.00)"
+
+
+def test_unseeded_runs_are_compared_by_their_means_marked_unpaired(tmp_path):
+    control = [make_run(tmp_path, f"c{i}", -1, [(2000, v, 60.0, 80.0, 90.0)])
+               for i, v in enumerate([30.0, 34.0])]  # fmt: skip
+    student = [make_run(tmp_path, "s", 3, [(2000, 40.0, 70.0, 80.0, 90.0)], lam=1.0)]
+    result = summarize("--group", "control", *control, "--group", "KD", *student,
+                       "--baseline", "control")  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert rows(result.stdout)[-1][7] == "+8.00 unpaired"
 
 
 def test_runs_of_different_settings_are_not_averaged_unless_the_key_is_named(tmp_path):

@@ -4,7 +4,7 @@
 Summarise seeded trainings as one Markdown table: each run's final search and detection metrics
 (the last evaluation in its OUTPUT_DIR/metrics.json, or with --iteration N the one at iteration
 N) and, per group of runs, mean ± std (sample standard deviation) over the seeds, with the
-difference of means against a baseline group.
+mAP difference against a baseline group paired by seed.
 
 A group is one configuration trained with different SEEDs. The runs of a group must have the same
 merged config (OUTPUT_DIR/config.yaml, written by tools/train_net.py) but for SEED and OUTPUT_DIR,
@@ -132,20 +132,42 @@ def seed_label(run):
     return str(run["seed"]) if run["seed"] >= 0 else "random"
 
 
+def baseline_difference(runs, baseline_runs):
+    """
+    The mAP difference to the baseline, paired by seed: its mean over the seeds both groups ran,
+    followed by each seed's difference, so that a group with fewer seeds is compared on its own
+    seeds only. Without a shared seed (e.g. unseeded runs) the difference of the two means,
+    marked "unpaired".
+    """
+    ours, theirs = ([(r["seed"], r["metrics"]["mAP"]) for r in group if "mAP" in r["metrics"]]
+                    for group in (runs, baseline_runs))  # fmt: skip
+    seeded_ours, seeded_theirs = ({seed: v for seed, v in g if seed >= 0} for g in (ours, theirs))
+    shared = sorted(set(seeded_ours) & set(seeded_theirs))
+    if shared:
+        differences = [seeded_ours[seed] - seeded_theirs[seed] for seed in shared]
+        per_seed = ", ".join(f"{seed}: {d:+.2f}" for seed, d in zip(shared, differences))
+        return f"{statistics.mean(differences):+.2f} ({per_seed})"
+    if ours and theirs:
+        difference = statistics.mean(v for _, v in ours) - statistics.mean(v for _, v in theirs)
+        return f"{difference:+.2f} unpaired"
+    return "–"
+
+
 def table(groups, baseline=None):
     """
     groups: [(label, [run, ...])] as returned by read_run. Returns the Markdown table as a list of
     lines: one row per run, then per group its mean ± std row and, with ``baseline`` (a label),
-    the group's mean mAP minus the baseline's.
+    the group's mAP difference to the baseline's (``baseline_difference``).
     """
     columns = list(METRICS.values())
     values = {
         label: {c: [r["metrics"][c] for r in runs if c in r["metrics"]] for c in columns}
         for label, runs in groups
     }
+    by_label = dict(groups)
     header = ["model", "seed", "iteration"] + columns
     if baseline is not None:
-        header.append(f"Δ mAP vs {baseline}")
+        header.append(f"Δ mAP vs {baseline}, paired by seed")
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for label, runs in groups:
         for run in runs:
@@ -155,9 +177,8 @@ def table(groups, baseline=None):
         cells = [f"**{label}, mean ± std**", ", ".join(seed_label(r) for r in runs), ""]
         cells += [format_mean_std(values[label][c]) for c in columns]
         if baseline is not None:
-            ours, theirs = values[label]["mAP"], values[baseline]["mAP"]
-            delta = statistics.mean(ours) - statistics.mean(theirs) if ours and theirs else None
-            cells.append("–" if delta is None or label == baseline else f"{delta:+.2f}")
+            difference = baseline_difference(runs, by_label[baseline])
+            cells.append("–" if label == baseline else difference)
         lines.append("| " + " | ".join(cells) + " |")
     return lines
 
