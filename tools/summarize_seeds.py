@@ -139,10 +139,12 @@ def baseline_difference(runs, baseline_runs):
     seeds only. Without a shared seed (e.g. unseeded runs) the difference of the two means,
     marked "unpaired".
     """
-    ours, theirs = ([(r["seed"], r["metrics"]["mAP"]) for r in group if "mAP" in r["metrics"]]
-                    for group in (runs, baseline_runs))  # fmt: skip
-    seeded_ours, seeded_theirs = ({seed: v for seed, v in g if seed >= 0} for g in (ours, theirs))
-    shared = sorted(set(seeded_ours) & set(seeded_theirs))
+    def maps(group):
+        return [(r["seed"], r["metrics"]["mAP"]) for r in group if "mAP" in r["metrics"]]
+
+    ours, theirs = maps(runs), maps(baseline_runs)
+    seeded_ours, seeded_theirs = (dict(p for p in g if p[0] >= 0) for g in (ours, theirs))
+    shared = sorted(seeded_ours.keys() & seeded_theirs.keys())
     if shared:
         differences = [seeded_ours[seed] - seeded_theirs[seed] for seed in shared]
         per_seed = ", ".join(f"{seed}: {d:+.2f}" for seed, d in zip(shared, differences))
@@ -177,8 +179,9 @@ def table(groups, baseline=None):
         cells = [f"**{label}, mean ± std**", ", ".join(seed_label(r) for r in runs), ""]
         cells += [format_mean_std(values[label][c]) for c in columns]
         if baseline is not None:
-            difference = baseline_difference(runs, by_label[baseline])
-            cells.append("–" if label == baseline else difference)
+            cells.append(
+                "–" if label == baseline else baseline_difference(runs, by_label[baseline])
+            )
         lines.append("| " + " | ".join(cells) + " |")
     return lines
 
