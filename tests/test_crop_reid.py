@@ -1,6 +1,7 @@
 # Copyright (c) personsearch_kd contributors. Licensed under the Apache License 2.0.
 """The re-ID network on person crops (DKD's teacher): data, training, two-step search, teacher."""
 
+import copy
 import os
 from collections import Counter
 
@@ -200,6 +201,27 @@ def test_dkd_student_trains_with_the_crop_teacher(tmp_path, tiny_sets):
     for key, value in model.teachers["reid"].state_dict().items():
         assert torch.equal(value, teacher_before[key]), key
     assert not any("DKDLoss" in k for k in model.state_dict())  # nothing trainable of its own
+
+    # DKD's embedding of the ground-truth and jittered boxes leaves BatchNorm's running statistics
+    # exactly where the student's own forward leaves them: inference normalises with those.
+    set_seed(0)
+    model = build_model(cfg).train()
+    initial = copy.deepcopy(model.state_dict())
+    running = {}
+    for name, losses in (("dkd", model.distillation_losses), ("none", {})):
+        model.load_state_dict(initial)
+        model.distillation_losses = torch.nn.ModuleDict(losses)
+        set_seed(1)
+        with EventStorage():
+            model(model_inputs(cfg, records))
+        running[name] = {k: v.clone() for k, v in model.state_dict().items() if "running" in k}
+    assert running["dkd"].keys() == running["none"].keys() and len(running["dkd"]) > 0
+    for key, value in running["dkd"].items():
+        assert torch.equal(value, running["none"][key]), key
+    assert not torch.equal(
+        running["dkd"]["roi_heads.res5.0.conv1.norm.running_mean"],
+        initial["roi_heads.res5.0.conv1.norm.running_mean"],
+    )
 
     # With separate detection and re-ID heads the DKD terms train the re-ID head's own res5.
     cfg.MODEL.REID.SEPARATE_RES5 = True

@@ -281,3 +281,37 @@ def test_a_bf16_autocast_training_step_updates_the_oim_memory_in_fp32():
     assert oim.lut.dtype == torch.float32 and oim.queue.dtype == torch.float32
     assert [round(oim.lut[i].norm().item(), 4) for i in (0, 3)] == [1.0, 1.0]
     assert int(oim.queue_ptr) == 2 and torch.isfinite(losses["loss_oim"])
+
+
+def _batch_norm_buffers(module):
+    buffers = module.state_dict().items()
+    return {k: v.clone() for k, v in buffers if "running" in k or "num_batches" in k}
+
+
+@pytest.mark.parametrize("separate", [False, True])
+def test_embedding_boxes_in_training_leaves_the_running_statistics_alone(separate):
+    set_seed(0)
+    head, images, features, proposals, targets = _head_and_inputs(
+        tiny_cfg(18, **{"MODEL.REID.SEPARATE_RES5": separate})
+    )
+    head.train()
+    before = _batch_norm_buffers(head)
+    assert any("res5" in k and "running_mean" in k for k in before)
+    boxes = [t.gt_boxes for t in targets]
+    reid = head.embed_boxes(features, boxes)
+    # Still a training forward: the batch's own statistics, gradients to res5 and the head.
+    reid.embeddings.sum().backward()
+    res5 = head.res5 if not separate else head.reid_res5
+    assert res5[0].conv1.weight.grad.abs().sum() > 0
+    after = _batch_norm_buffers(head)
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    head.eval()
+    with torch.no_grad():
+        assert not torch.allclose(head.embed_boxes(features, boxes).embeddings, reid.embeddings)
+    # The head's own training forward does move them.
+    head.train()
+    with EventStorage():
+        head(images, features, proposals, targets)
+    moved = _batch_norm_buffers(head)
+    key = "res5.0.conv1.norm.running_mean"
+    assert not torch.equal(moved[key], before[key])
