@@ -307,14 +307,13 @@ def test_benchmark_inference_times_seqnet_from_a_checkout_without_downloading(tm
         (root / name).parent.mkdir(parents=True, exist_ok=True)
         (root / name).write_text(text)
     from personsearch_kd.utils import seqnet_reference as baseline
-
     model = baseline.build_seqnet(str(root), height=96, width=128, score_thresh=0.25, detections=50)
     assert model.backbone == "resnet50" and not model.training  # random weights, eval mode
     assert (model.cfg.INPUT.MIN_SIZE, model.cfg.INPUT.MAX_SIZE) == (96, 128)  # no resize
     import torch
 
     images = torch.full((2, 3, 96, 128), 255, dtype=torch.uint8)
-    out, _ = model(baseline.seqnet_gallery_inputs(images, "cpu"))
+    (out, _) = model(baseline.seqnet_gallery_inputs(images, "cpu"))
     assert out["size"] == (3, 96, 128) and out["max"] == 1.0  # floats in [0, 1]
     assert len(out["boxes"]) == 50  # at most `detections`
     default = baseline.build_seqnet(str(root), height=96, width=128)  # no --score-thresh
