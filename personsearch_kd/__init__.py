@@ -12,6 +12,7 @@ __version__ = "0.1.0"
 if find_spec("detectron2") is not None:
     from .config import add_personsearch_config, add_teacher, load_config, student_config
     from .data import PersonSearchDatasetMapper
+    from .distillation import Distiller
     from .modeling import EmbeddingHead, OIMROIHeads, PersonSearchRCNN
 else:
 

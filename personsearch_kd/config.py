@@ -1,17 +1,46 @@
 # Copyright (c) personsearch_kd contributors. Licensed under the Apache License 2.0.
 from detectron2.config import CfgNode as CN
 
-__all__ = ["add_personsearch_config", "add_teacher", "load_config", "student_config"]
+__all__ = [
+    "add_crop_reid_config",
+    "add_distillation_config",
+    "add_dkd_config",
+    "add_fd_config",
+    "add_gallery_index_config",
+    "add_kd_det_config",
+    "add_oim_config",
+    "add_personsearch_config",
+    "add_qeeps_config",
+    "add_reid_config",
+    "add_search_config",
+    "add_teacher",
+    "check_distillation_config",
+    "load_config",
+    "student_config",
+]
 
 
 def add_personsearch_config(cfg):
     """
-    Add config for personsearch_kd: the OIM identity branch and loss, the re-ID head and its
-    losses, teachers and distillation losses (KD_det's keys), the person-search evaluation.
-    Call it on a fresh ``get_cfg()`` before ``merge_from_file``.
+    Add every key of personsearch_kd to ``cfg``, method by method (each ``add_*_config`` below
+    adds one method's keys and may be called alone). Call it on a fresh ``get_cfg()`` before
+    ``merge_from_file``.
     """
-    _C = cfg
+    add_oim_config(cfg)
+    add_reid_config(cfg)
+    add_crop_reid_config(cfg)
+    add_qeeps_config(cfg)
+    add_distillation_config(cfg)
+    add_kd_det_config(cfg)
+    add_dkd_config(cfg)
+    add_fd_config(cfg)
+    add_search_config(cfg)
+    add_gallery_index_config(cfg)
 
+
+def add_oim_config(cfg):
+    """The OIM identity branch and loss (Xiao et al., CVPR 2017)."""
+    _C = cfg
     _C.MODEL.OIM = CN()
     # Dimension of the L2-normalised ID embedding (pooled res5 -> Linear -> BN -> L2).
     _C.MODEL.OIM.EMBED_DIM = 256
@@ -30,6 +59,10 @@ def add_personsearch_config(cfg):
     # Keep the LUT fixed: it is never updated by training (KD_reid). The queue still updates.
     _C.MODEL.OIM.FREEZE_LUT = False
 
+
+def add_reid_config(cfg):
+    """The re-ID head and its losses (MODEL.REID), shared by every model."""
+    _C = cfg
     _C.MODEL.REID = CN()
     # The re-ID head (REID_HEAD_REGISTRY): ROI feature maps -> embeddings (+ identity logits).
     _C.MODEL.REID.HEAD_NAME = "EmbeddingHead"
@@ -49,17 +82,68 @@ def add_personsearch_config(cfg):
     _C.MODEL.REID.TRIPLET.WEIGHT = 1.0
     _C.MODEL.REID.TRIPLET.MARGIN = 0.3
 
-    # Teachers, for training only (personsearch_kd/distillation/teachers.py), each under a name of
-    # your choice: MODEL.TEACHERS.<name>.KIND (TEACHER_REGISTRY: "DetectorTeacher",
-    # "LUTFileTeacher"), .CONFIG_FILE, .WEIGHTS, .OPTS (KEY VALUE overrides of its config). Add
-    # them in a YAML file or with personsearch_kd.add_teacher(cfg, name, kind, ...).
+
+def add_crop_reid_config(cfg):
+    """Re-ID networks on person crops (CropReIDNet) and their P x K loader."""
+    _C = cfg
+    _C.INPUT.REID_CROP = CN()
+    # Re-ID networks on person crops (CropReIDNet): the crop size (H, W), 256 x 128 in re-ID.
+    _C.INPUT.REID_CROP.SIZE = (256, 128)
+    # Image-level spatial augmentation (ISA, DKD): alpha, pixels the box may grow on each side
+    # (also the cap of the jitter), and Delta_p, the jitter in pixels of the crop (0 = no ISA).
+    _C.INPUT.REID_CROP.EXPAND = 10.0
+    _C.INPUT.REID_CROP.SHIFT = 0.0
+    # Probability of erasing a random rectangle of a training crop (random erasing).
+    _C.INPUT.REID_CROP.ERASE_PROB = 0.5
+    # The rows of the box a crop shows: "holistic" (all), a partial view of factorized
+    # distillation, "Up1" (rows 0-1/2 of the box), "Mid1" (1/4-3/4), "Dn1" (1/2-1), "Up2"
+    # (0-3/7), "Mid2" (2/7-5/7), "Dn2" (4/7-1), or "TOP,BOTTOM" fractions of the box height.
+    _C.INPUT.REID_CROP.VIEW = "holistic"
+    # Train on ground-truth person crops of DATASETS.TRAIN in identity-balanced P x K batches
+    # (CropReIDNet) instead of scene images; evaluation then searches the ground-truth boxes.
+    _C.DATALOADER.PERSON_CROPS = False
+    # K, the crops of each identity in a P x K batch (P = SOLVER.IMS_PER_BATCH / K per process).
+    _C.DATALOADER.REID_INSTANCES_PER_ID = 4
+
+
+def add_qeeps_config(cfg):
+    """QEEPS (Munjal et al., CVPR 2019): query-guided person search on pairs."""
+    _C = cfg
+    # Train on query-gallery pairs (QEEPS): every ordered pair of two images of one labeled person.
+    _C.DATALOADER.QUERY_PAIRS = False
+
+    _C.MODEL.QEEPS = CN()
+    # QEEPS (meta-architecture "QEEPS", docs/qeeps.md): the backbone stages whose residual blocks
+    # exchange QSSE excitations between query and gallery, the excitation's bottleneck ratio, and
+    # the IoU with the query's person at which QSimNet calls a gallery ROI the same person.
+    _C.MODEL.QEEPS.QSSE_STAGES = ["res2", "res3", "res4"]
+    _C.MODEL.QEEPS.QSSE_REDUCTION = 16
+    _C.MODEL.QEEPS.SIM_IOU = 0.5
+
+
+def add_distillation_config(cfg):
+    """The Distiller: its student, teachers and distillation losses."""
+    _C = cfg
+    # Teachers, for training only (personsearch_kd/distillation/teachers.py; they need
+    # MODEL.META_ARCHITECTURE "Distiller"), each under a name of your choice:
+    # MODEL.TEACHERS.<name>.KIND (TEACHER_REGISTRY: "DetectorTeacher", "LUTFileTeacher",
+    # "CropReIDTeacher"), .CONFIG_FILE, .WEIGHTS, .OPTS (KEY VALUE overrides of its config). Add
+    # them in a YAML file or with personsearch_kd.add_teacher(cfg, name, kind, ...), which also
+    # makes the config a Distiller's.
     _C.MODEL.TEACHERS = CN(new_allowed=True)
     _C.MODEL.DISTILLATION = CN()
+    # With MODEL.META_ARCHITECTURE "Distiller": the plain student it trains ("PersonSearchRCNN",
+    # "CropReIDNet", "QEEPS"). Evaluation, the predictor, the index and exports build this alone.
+    _C.MODEL.DISTILLATION.STUDENT_ARCHITECTURE = "PersonSearchRCNN"
     # Distillation losses (DISTILL_LOSS_REGISTRY), each reading the student's training forward
     # and a teacher's outputs, e.g. the three of KD_det: "HintLoss", "RPNDistillLoss",
     # "RCNDistillLoss" (their keys are in MODEL.KD_DET).
     _C.MODEL.DISTILLATION.LOSSES = []
 
+
+def add_kd_det_config(cfg):
+    """KD_det (Munjal et al., BMVC 2019): the detector distillation losses' keys."""
+    _C = cfg
     _C.MODEL.KD_DET = CN()
     # The name (in MODEL.TEACHERS) of the DetectorTeacher the KD_det losses compare with.
     _C.MODEL.KD_DET.TEACHER = "detector"
@@ -89,27 +173,10 @@ def add_personsearch_config(cfg):
     # m: the bounded loss counts where the student's squared error + m exceeds the teacher's.
     _C.MODEL.KD_DET.BOUNDED_REG_MARGIN = 0.0
 
-    _C.INPUT.REID_CROP = CN()
-    # Re-ID networks on person crops (CropReIDNet): the crop size (H, W), 256 x 128 in re-ID.
-    _C.INPUT.REID_CROP.SIZE = (256, 128)
-    # Image-level spatial augmentation (ISA, DKD): alpha, pixels the box may grow on each side
-    # (also the cap of the jitter), and Delta_p, the jitter in pixels of the crop (0 = no ISA).
-    _C.INPUT.REID_CROP.EXPAND = 10.0
-    _C.INPUT.REID_CROP.SHIFT = 0.0
-    # Probability of erasing a random rectangle of a training crop (random erasing).
-    _C.INPUT.REID_CROP.ERASE_PROB = 0.5
-    # The rows of the box a crop shows: "holistic" (all), a partial view of factorized
-    # distillation, "Up1" (rows 0-1/2 of the box), "Mid1" (1/4-3/4), "Dn1" (1/2-1), "Up2"
-    # (0-3/7), "Mid2" (2/7-5/7), "Dn2" (4/7-1), or "TOP,BOTTOM" fractions of the box height.
-    _C.INPUT.REID_CROP.VIEW = "holistic"
-    # Train on ground-truth person crops of DATASETS.TRAIN in identity-balanced P x K batches
-    # (CropReIDNet) instead of scene images; evaluation then searches the ground-truth boxes.
-    _C.DATALOADER.PERSON_CROPS = False
-    # Train on query-gallery pairs (QEEPS): every ordered pair of two images of one labeled person.
-    _C.DATALOADER.QUERY_PAIRS = False
-    # K, the crops of each identity in a P x K batch (P = SOLVER.IMS_PER_BATCH / K per process).
-    _C.DATALOADER.REID_INSTANCES_PER_ID = 4
 
+def add_dkd_config(cfg):
+    """DKD (Zhang et al., AAAI 2021): DKDLoss's keys."""
+    _C = cfg
     _C.MODEL.DKD = CN()
     # DKDLoss: the name (in MODEL.TEACHERS) of its CropReIDTeacher, and the weights beta_p,
     # beta_pr, beta_tr of the probability, pair-wise relation and cross-model triplet terms
@@ -124,14 +191,10 @@ def add_personsearch_config(cfg):
     _C.MODEL.DKD.TRIPLET_MARGIN = 0.3
     _C.MODEL.DKD.FSA = True
 
-    _C.MODEL.QEEPS = CN()
-    # QEEPS (meta-architecture "QEEPS", docs/qeeps.md): the backbone stages whose residual blocks
-    # exchange QSSE excitations between query and gallery, the excitation's bottleneck ratio, and
-    # the IoU with the query's person at which QSimNet calls a gallery ROI the same person.
-    _C.MODEL.QEEPS.QSSE_STAGES = ["res2", "res3", "res4"]
-    _C.MODEL.QEEPS.QSSE_REDUCTION = 16
-    _C.MODEL.QEEPS.SIM_IOU = 0.5
 
+def add_fd_config(cfg):
+    """Factorized distillation (Ren & Li, arXiv 1811.08073): FactorizedDistillLoss's keys."""
+    _C = cfg
     _C.MODEL.FD = CN()
     # FactorizedDistillLoss: the names (in MODEL.TEACHERS) of its CropReIDTeachers, one per
     # partial view, and the weights of its map and feature terms, each divided among the teachers
@@ -140,6 +203,10 @@ def add_personsearch_config(cfg):
     _C.MODEL.FD.MAP_WEIGHT = 1.0
     _C.MODEL.FD.FEATURE_WEIGHT = 1.0
 
+
+def add_search_config(cfg):
+    """The person-search evaluation and inference options (TEST.PERSON_SEARCH)."""
+    _C = cfg
     _C.TEST.PERSON_SEARCH = CN()
     # Gallery detections scoring below this are not searched (0.5 in the literature).
     _C.TEST.PERSON_SEARCH.SEARCH_SCORE_THRESH = 0.5
@@ -164,6 +231,10 @@ def add_personsearch_config(cfg):
     # Images per inference batch in evaluation (gallery images and queries may share a batch).
     _C.TEST.PERSON_SEARCH.IMS_PER_BATCH = 1
 
+
+def add_gallery_index_config(cfg):
+    """The persistent gallery index (personsearch_kd.search)."""
+    _C = cfg
     _C.GALLERY_INDEX = CN()
     # The persistent gallery index (personsearch_kd.search, tools/index_gallery.py): a faiss
     # index_factory string with inner product, "Flat" (exact) or e.g. "HNSW32", "IVF4096,PQ32";
@@ -189,17 +260,33 @@ def load_config(config_file: str, opts=(), freeze: bool = True):
     add_personsearch_config(cfg)
     cfg.merge_from_file(config_file)
     cfg.merge_from_list(list(opts))
+    check_distillation_config(cfg, config_file)
     if freeze:
         cfg.freeze()
     return cfg
+
+
+def check_distillation_config(cfg, where: str = "the config") -> None:
+    """Teachers or distillation losses are trained only by a Distiller: never ignored silently."""
+    distilling = len(cfg.MODEL.TEACHERS) > 0 or len(cfg.MODEL.DISTILLATION.LOSSES) > 0
+    if distilling and cfg.MODEL.META_ARCHITECTURE != "Distiller":
+        raise ValueError(
+            f"{where}: MODEL.TEACHERS / MODEL.DISTILLATION.LOSSES are set but "
+            f"MODEL.META_ARCHITECTURE is {cfg.MODEL.META_ARCHITECTURE!r}; expected 'Distiller' "
+            f"(with MODEL.DISTILLATION.STUDENT_ARCHITECTURE {cfg.MODEL.META_ARCHITECTURE!r})"
+        )
 
 
 def add_teacher(cfg, name: str, kind: str, weights: str, config_file: str = "", opts=()):
     """
     Add the teacher ``MODEL.TEACHERS.<name>`` to ``cfg`` (as a YAML block would): ``kind`` from
     TEACHER_REGISTRY, its ``weights`` (a checkpoint, or a LUT file for "LUTFileTeacher"), its own
-    ``config_file`` and KEY VALUE ``opts`` overrides of that config.
+    ``config_file`` and KEY VALUE ``opts`` overrides of that config. A config that is not yet a
+    Distiller's becomes one, its meta-architecture the student's.
     """
+    if cfg.MODEL.META_ARCHITECTURE != "Distiller":
+        cfg.MODEL.DISTILLATION.STUDENT_ARCHITECTURE = cfg.MODEL.META_ARCHITECTURE
+        cfg.MODEL.META_ARCHITECTURE = "Distiller"
     cfg.MODEL.TEACHERS[name] = CN(
         {"KIND": kind, "CONFIG_FILE": config_file, "WEIGHTS": weights, "OPTS": list(opts)}
     )
@@ -208,17 +295,14 @@ def add_teacher(cfg, name: str, kind: str, weights: str, config_file: str = "", 
 
 def student_config(cfg):
     """
-    The config of the student alone, for inference (``--eval-only``, the predictor, the search
-    demo, exports): a copy of ``cfg`` without teachers and distillation losses. Teachers are for
-    training only; the student's checkpoint holds everything inference needs (its LUT included),
-    so their files may be gone. Loading a distillation checkpoint into it logs the unused
-    training-only keys (the KD_det hint adapter).
+    A copy of ``cfg`` whose meta-architecture is its plain student (a Distiller's
+    MODEL.DISTILLATION.STUDENT_ARCHITECTURE), for inference and exports: no teacher is built.
     """
     frozen = cfg.is_frozen()
     cfg = cfg.clone()
     cfg.defrost()
-    cfg.MODEL.TEACHERS = CN(new_allowed=True)
-    cfg.MODEL.DISTILLATION.LOSSES = []
+    if cfg.MODEL.META_ARCHITECTURE == "Distiller":
+        cfg.MODEL.META_ARCHITECTURE = cfg.MODEL.DISTILLATION.STUDENT_ARCHITECTURE
     if frozen:
         cfg.freeze()
     return cfg

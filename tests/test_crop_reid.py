@@ -27,6 +27,7 @@ from personsearch_kd.data.person_crops import (  # noqa: E402
     PersonCropMapper,
     person_crop_dicts,
 )
+from personsearch_kd.engine import train_or_evaluate  # noqa: E402
 from personsearch_kd.evaluation import PersonSearchEvaluator, TwoStepSearch  # noqa: E402
 from personsearch_kd.layers.lut_file import load_lut_file  # noqa: E402
 from personsearch_kd.modeling import StudentRecord  # noqa: E402
@@ -72,11 +73,11 @@ def test_crop_net_trains_with_train_net_and_searches_the_ground_truth_boxes(tmp_
     output_dir = tmp_path / "out"
     opts = ["DATASETS.TRAIN", f"('{tiny_sets}_train',)", "DATASETS.TEST", f"('{tiny_sets}_test',)"]
     opts += ["SOLVER.MAX_ITER", "3", "SOLVER.WARMUP_ITERS", "0", "OUTPUT_DIR", str(output_dir)]
-    parser, train_net = default_argument_parser(), load_tool("train_net")
-    train_net.main(parser.parse_args(["--config-file", str(config_file), *opts]))
+    parser = default_argument_parser()
+    train_or_evaluate(parser.parse_args(["--config-file", str(config_file), *opts]))
     weights = ["MODEL.WEIGHTS", str(output_dir / "model_final.pth")]
     args = parser.parse_args(["--config-file", str(config_file), "--eval-only", *opts, *weights])
-    results = train_net.main(args)["person_search"]
+    results = train_or_evaluate(args)["person_search"]
     # The gallery's boxes are the ground truth: detection is perfect, search is a number.
     assert results["det_AP"] == pytest.approx(100.0) and 0 < results["mAP"] <= 100
     metrics = (output_dir / "metrics.json").read_text()
@@ -132,7 +133,7 @@ def test_crop_teacher_is_frozen_outside_checkpoints_and_embeds_like_the_net(tmp_
     # The test size is the synthetic images' own: inputs and annotations share coordinates.
     inputs = model_inputs(cfg, records, is_train=False)
     gt = [annotations_to_instances(r["annotations"], (r["height"], r["width"])) for r in records]
-    record = StudentRecord(inputs, None, None, gt)
+    record = StudentRecord(inputs, {}, gt, [], None, None, None)
     outputs = teacher.outputs(record).ground_truth
     assert outputs.embeddings.shape == (5, 256) and outputs.logits.shape == (5, 6)
     # The student's R18 input is RGB like the crop net's: the teacher sees the same pixels as the
@@ -169,7 +170,7 @@ def test_an_end_to_end_model_can_search_the_ground_truth_boxes_too(tmp_path, tin
         ]
         + ["MODEL.WEIGHTS", str(tmp_path / "oim.pth"), "OUTPUT_DIR", str(tmp_path / "out")]
     )
-    results = load_tool("train_net").main(args)["person_search"]
+    results = train_or_evaluate(args)["person_search"]
     # An untrained detector finds nobody at score 0.5; the given boxes are the persons themselves.
     assert results["det_AP"] == pytest.approx(100.0) and results["det_recall"] == pytest.approx(100)
     assert 0 < results["mAP"] <= 100
@@ -197,7 +198,7 @@ def test_dkd_student_trains_with_the_crop_teacher(tmp_path, tiny_sets):
     for key in ("loss_dkd_prob", "loss_dkd_relation", "loss_dkd_triplet"):
         assert torch.isfinite(losses[key]) and losses[key].requires_grad, key
     assert losses["loss_dkd_prob"] > 0 and losses["loss_dkd_relation"] > 0
-    assert model.roi_heads.reid_head.classifier.weight.grad.abs().sum() > 0
+    assert model.student.roi_heads.reid_head.classifier.weight.grad.abs().sum() > 0
     for key, value in model.teachers["reid"].state_dict().items():
         assert torch.equal(value, teacher_before[key]), key
     assert not any("DKDLoss" in k for k in model.state_dict())  # nothing trainable of its own
@@ -229,8 +230,8 @@ def test_dkd_student_trains_with_the_crop_teacher(tmp_path, tiny_sets):
     with EventStorage():
         losses = model(model_inputs(cfg, records))
         (losses["loss_dkd_relation"] + losses["loss_dkd_triplet"]).backward()
-    assert model.roi_heads.reid_res5[0].conv1.weight.grad.abs().sum() > 0
-    assert model.roi_heads.res5[0].conv1.weight.grad is None
+    assert model.student.roi_heads.reid_res5[0].conv1.weight.grad.abs().sum() > 0
+    assert model.student.roi_heads.res5[0].conv1.weight.grad is None
 
     cfg.MODEL.REID.SEPARATE_RES5 = False
     cfg.MODEL.REID.LOSSES = ["OIMReIDLoss"]  # no identity probabilities in the student

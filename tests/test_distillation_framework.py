@@ -13,8 +13,14 @@ from detectron2.config import configurable  # noqa: E402
 from detectron2.modeling import build_model  # noqa: E402
 from detectron2.utils.events import EventStorage  # noqa: E402
 
-from personsearch_kd import add_teacher  # noqa: E402
-from personsearch_kd.distillation import DISTILL_LOSS_REGISTRY  # noqa: E402
+from personsearch_kd import add_teacher, load_config, student_config  # noqa: E402
+from personsearch_kd.distillation import (  # noqa: E402
+    DISTILL_LOSS_REGISTRY,
+    Distiller,
+    build_student,
+    student_of,
+)
+from personsearch_kd.modeling import PersonSearchRCNN, Recorder, recording  # noqa: E402
 
 from helpers import det_teacher, model_inputs, set_seed, synthetic_record, tiny_cfg  # noqa: E402
 
@@ -53,18 +59,37 @@ def test_reid_losses_are_chosen_in_the_config_and_train_together(records):
     assert build_model(tiny_cfg(18)).roi_heads.reid_head.classifier is None
 
 
-def test_embed_boxes_embeds_any_boxes_in_training(records):
+def _batchnorm_statistics(model):
+    return {
+        k: v.clone() for k, v in model.state_dict().items() if "running_" in k or "batches" in k
+    }
+
+
+def test_the_record_embeds_any_boxes_without_moving_batchnorm_statistics(records):
     cfg = tiny_cfg(18)
     model = build_model(cfg).train()
     (inputs,) = model_inputs(cfg, records[:1])
-    images = model.preprocess_image([inputs])
-    features = model.backbone(images.tensor)
-    gt_boxes = inputs["instances"].gt_boxes
-    outputs = model.roi_heads.embed_boxes(features, [gt_boxes])
+    with EventStorage(), recording(model) as fields:
+        model([inputs])
+    statistics = _batchnorm_statistics(model)
+    outputs = fields["embed_boxes"]([inputs["instances"].gt_boxes])
     assert outputs.embeddings.shape == (3, 256) and outputs.feature_map.shape[0] == 3
     assert torch.allclose(outputs.embeddings.norm(dim=1), torch.ones(3), atol=1e-5)
     outputs.embeddings.sum().backward()
     assert model.roi_heads.reid_head.proj.weight.grad.abs().sum() > 0
+    # Normalised with the boxes' own statistics (training mode), which are not kept.
+    after = _batchnorm_statistics(model)
+    assert all(torch.equal(after[k], v) for k, v in statistics.items())
+
+
+def test_outside_recording_the_student_keeps_nothing(records):
+    cfg = tiny_cfg(18)
+    model = build_model(cfg).train()
+    with EventStorage():
+        model(model_inputs(cfg, records[:1]))
+    recorders = [m for m in model.modules() if isinstance(m, Recorder)]
+    assert len(recorders) == 2  # the RPN and the ROI heads
+    assert all(m._recorded is None for m in recorders)
 
 
 class RecordProbe(nn.Module):
@@ -111,8 +136,8 @@ def test_a_distillation_loss_reads_the_record_and_each_teachers_outputs(tmp_path
     assert [x.shape for x in record.rpn_logits] == [(n, len(a)) for a in record.anchors]
     rois = sum(len(r) for r in record.rois)
     assert record.box_scores.shape == (rois, 2) and record.box_deltas.shape[0] == rois
-    foreground = sum(int((r.gt_classes == 0).sum()) for r in record.rois)
-    assert record.reid.embeddings.shape == (foreground, 256) and len(record.reid_pids) == foreground
+    assert record.batched_inputs[0]["image"].shape[0] == 3 and len(record.gt_instances) == n
+    assert callable(record.embed_boxes)
     teacher = teacher_outputs["detector"]
     assert teacher.features["res4"].shape == record.features["res4"].shape
     assert not teacher.features["res4"].requires_grad
@@ -136,7 +161,7 @@ def test_teachers_are_outside_the_module_tree_and_move_with_the_student(tmp_path
     assert not teacher.training and not teacher.model.training
     model.double()  # any _apply, as .to(device) on a GPU
     assert next(teacher.parameters()).dtype == torch.float64
-    assert next(model.backbone.parameters()).dtype == torch.float64
+    assert next(model.student.backbone.parameters()).dtype == torch.float64
 
 
 @pytest.mark.parametrize(
@@ -211,4 +236,53 @@ def test_fpn_teacher_gives_hint_and_box_head_terms_to_a_c4_student(tmp_path, rec
 
     cfg.MODEL.DISTILLATION.LOSSES = KD_DET
     with pytest.raises(ValueError, match=r"RPNDistillLoss: student and teacher differ in MODEL"):
+        build_model(cfg)
+
+
+def test_a_distilled_checkpoint_loads_into_the_plain_student_without_key_surgery(tmp_path, records):
+    config_file, weights = det_teacher(tmp_path, depth=18)
+    cfg = add_teacher(
+        tiny_cfg(18, **{"MODEL.DISTILLATION.LOSSES": KD_DET}),
+        "detector",
+        "DetectorTeacher",
+        weights,
+        config_file,
+    )
+    assert cfg.MODEL.META_ARCHITECTURE == "Distiller"
+    assert cfg.MODEL.DISTILLATION.STUDENT_ARCHITECTURE == "PersonSearchRCNN"
+    set_seed(0)
+    distiller = build_model(cfg)
+    assert isinstance(distiller, Distiller) and student_of(distiller) is distiller.student
+    _train_step(distiller, cfg, records)
+    DetectionCheckpointer(distiller, save_dir=str(tmp_path)).save("distilled")
+    saved = torch.load(tmp_path / "distilled.pth", weights_only=False)["model"]
+    student_keys = set(distiller.student.state_dict())
+    assert student_keys <= set(saved) and not any(k.startswith("student.") for k in saved)
+    assert set(saved) - student_keys == {k for k in saved if k.startswith("distillation_losses.")}
+
+    for plain in (build_student(cfg), build_model(student_config(cfg))):
+        assert type(plain) is PersonSearchRCNN and not hasattr(plain, "teachers")
+        plain_state = plain.state_dict()
+        plain.load_state_dict({k: v for k, v in saved.items() if k in plain_state})
+        assert set(plain_state) == student_keys
+        for key, value in plain.state_dict().items():
+            assert torch.equal(value, saved[key]), key
+    # And back: the Distiller loads its own checkpoint (resume) and a plain student's.
+    again = build_model(cfg)
+    incompatible = again.load_state_dict(saved)
+    assert not incompatible.missing_keys and not incompatible.unexpected_keys
+    again.load_state_dict(plain.state_dict(), strict=False)
+    assert torch.equal(again.student.roi_heads.oim_loss.lut, saved["roi_heads.oim_loss.lut"])
+
+
+def test_teachers_without_a_distiller_are_an_error_not_ignored(tmp_path):
+    cfg = tiny_cfg(18, **{"MODEL.DISTILLATION.LOSSES": KD_DET})
+    (tmp_path / "c.yaml").write_text(cfg.dump())
+    with pytest.raises(
+        ValueError, match=r"MODEL.META_ARCHITECTURE is 'PersonSearchRCNN'; expected"
+    ):
+        load_config(str(tmp_path / "c.yaml"))
+    cfg.MODEL.META_ARCHITECTURE = "Distiller"
+    cfg.MODEL.DISTILLATION.STUDENT_ARCHITECTURE = "Distiller"
+    with pytest.raises(ValueError, match=r"STUDENT_ARCHITECTURE='Distiller'"):
         build_model(cfg)

@@ -55,12 +55,12 @@ def test_a_partial_teacher_sees_its_view_of_the_student_crops(tmp_path):
         _holistic_student_cfg(tmp_path), tmp_path, ["Up1", "Dn1"], size=(32, 32)
     )
     set_seed(0)
-    student = build_model(cfg).train()
+    distiller = build_model(cfg).train()
     crops = torch.rand(4, 3, 64, 32) * 255
     pids = torch.tensor([0, 0, 1, 1])
-    record = CropRecord(crops, pids, student.embed(crops))
+    record = CropRecord([], crops, pids, distiller.student.embed(crops))
     for name, rows in (("up1", slice(0, 32)), ("dn1", slice(32, 64))):
-        teacher = student.teachers[name]
+        teacher = distiller.teachers[name]
         outputs = teacher.outputs(record).ground_truth
         # The view of a 64-row crop at 32 x 32 is exactly its 32 rows.
         with torch.no_grad():
@@ -124,7 +124,7 @@ def test_fd_person_search_student_with_dkd_and_kd_reid(tmp_path):
     assert not any(
         ".model." in k or k.startswith(("up1", "dn2", "reid")) for k in model.state_dict()
     )
-    assert torch.equal(model.roi_heads.oim_loss.lut, lut)
+    assert torch.equal(model.student.roi_heads.oim_loss.lut, lut)
 
     # A zero weight switches a term and its adapters off.
     cfg.MODEL.FD.MAP_WEIGHT = 0.0
@@ -184,7 +184,7 @@ def test_evaluate_teachers_rows_each_teacher_and_their_ensemble(tmp_path, tiny_s
     cfg = _partial_teachers(_holistic_student_cfg(tmp_path), tmp_path, ["Up1", "Dn1"])
     cfg.DATASETS.TEST = (f"{tiny_sets}_test",)
     cfg.DATALOADER.NUM_WORKERS = 0
-    rows = load_tool("evaluate_teachers").evaluate(cfg)
+    rows = load_tool("evaluate_teachers", folder="dev").evaluate(cfg)
     assert [(r[1], r[2]) for r in rows] == [("up1", (0.0, 0.5)), ("dn1", (0.5, 1.0)),
                                             ("ensemble", "all")]  # fmt: skip
     assert all(0 < r[3] <= 100 and 0 <= r[4] <= 100 for r in rows)

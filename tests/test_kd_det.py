@@ -177,7 +177,7 @@ def test_imagenet_style_weights_load_into_the_student_only(tmp_path):
         )
     DetectionCheckpointer(model).load(str(tmp_path / "R-18.pkl"))
     for key, value in backbone.items():
-        assert torch.equal(model.backbone.state_dict()[key], value), key
+        assert torch.equal(model.student.backbone.state_dict()[key], value), key
     for key, value in teacher.state_dict().items():
         assert torch.equal(value, teacher_before[key]), key
 

@@ -98,7 +98,7 @@ def _teacher_lut_cfg(tmp_path, person_ids=range(6), dim=256, dataset=None):
 
 def test_frozen_lut_from_file_is_loaded_and_kept(tmp_path):
     cfg, lut = _teacher_lut_cfg(tmp_path)
-    head = build_model(cfg).roi_heads.train()
+    head = build_model(cfg).student.roi_heads.train()
     _, images, features, proposals, targets = _head_and_inputs(cfg)
     with EventStorage():
         head(images, features, proposals, targets)
@@ -247,7 +247,9 @@ def test_reid_on_proposals_gives_each_detection_its_proposals_feature():
         default, _ = head(images, features, proposals)
         head.reid_on_proposals = True
         fast, _ = head(images, features, proposals)
-        own = head.embed_boxes(features, [p.proposal_boxes for p in proposals]).embeddings
+        own = head.embed_for_distillation(
+            features, [p.proposal_boxes for p in proposals]
+        ).embeddings
     own = own.split([len(p) for p in proposals])
     for a, b, candidates in zip(default, fast, own):
         # The same detections; each feature is that of one of the image's proposals.
@@ -298,7 +300,7 @@ def test_embedding_boxes_in_training_leaves_the_running_statistics_alone(separat
     before = _batch_norm_buffers(head)
     assert any("res5" in k and "running_mean" in k for k in before)
     boxes = [t.gt_boxes for t in targets]
-    reid = head.embed_boxes(features, boxes)
+    reid = head.embed_for_distillation(features, boxes)
     # Still a training forward: the batch's own statistics, gradients to res5 and the head.
     reid.embeddings.sum().backward()
     res5 = head.res5 if not separate else head.reid_res5
@@ -307,7 +309,9 @@ def test_embedding_boxes_in_training_leaves_the_running_statistics_alone(separat
     assert all(torch.equal(before[k], after[k]) for k in before)
     head.eval()
     with torch.no_grad():
-        assert not torch.allclose(head.embed_boxes(features, boxes).embeddings, reid.embeddings)
+        assert not torch.allclose(
+            head.embed_for_distillation(features, boxes).embeddings, reid.embeddings
+        )
     # The head's own training forward does move them.
     head.train()
     with EventStorage():

@@ -1,6 +1,8 @@
 # Copyright (c) personsearch_kd contributors. Licensed under the Apache License 2.0.
-# Teachers and distillation losses; importing this module registers the built-in ones.
+# Distillation around a plain student: the Distiller meta-architecture, the teacher kinds and the
+# distillation losses; importing this module registers them.
 from .dkd import DKDLoss
+from .distiller import Distiller, build_student, student_of
 from .fd import FactorizedDistillLoss
 from .losses import (
     DISTILL_LOSS_REGISTRY,
@@ -23,11 +25,14 @@ __all__ = [
     "CropReIDTeacher",
     "DKDLoss",
     "DetectorTeacher",
+    "Distiller",
     "FactorizedDistillLoss",
     "HintLoss",
     "LUTFileTeacher",
     "RCNDistillLoss",
     "RPNDistillLoss",
     "build_distillation_losses",
+    "build_student",
     "build_teachers",
+    "student_of",
 ]

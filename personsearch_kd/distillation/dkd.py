@@ -25,7 +25,7 @@ class DKDLoss(nn.Module):
     """
     DKD's distillation (Zhang et al., AAAI 2021) from a CropReIDTeacher (MODEL.DKD.TEACHER) on
     the batch's ground-truth boxes, which the student embeds with its own re-ID head
-    (``roi_heads.embed_boxes``) and the teacher on crops of the same boxes:
+    (:attr:`StudentRecord.embed_boxes`) and the teacher on crops of the same boxes:
 
     - ``loss_dkd_prob``: beta_p times the probability KD on labeled boxes, plus, with FSA, the same
       term on a jittered copy of each box (the same relative jitter, in ISA's range of
@@ -42,7 +42,6 @@ class DKDLoss(nn.Module):
     def __init__(
         self,
         *,
-        roi_heads: nn.Module,
         teacher: str,
         prob_weight: float,
         relation_weight: float,
@@ -54,8 +53,6 @@ class DKDLoss(nn.Module):
         crop_size,
     ):
         super().__init__()
-        # A tuple: the student's ROI heads must not be registered a second time under this loss.
-        self._roi_heads = (roi_heads,)
         self.teacher = teacher
         self.prob_weight = prob_weight
         self.relation_weight = relation_weight
@@ -76,7 +73,7 @@ class DKDLoss(nn.Module):
                 f"{dkd.TEACHER!r}, but MODEL.TEACHERS has "
                 f"{ {k: type(t).__name__ for k, t in teachers.items()} }"
             )
-        head, teacher_head = student["roi_heads"].reid_head, teacher.model.reid_head
+        head, teacher_head = student.roi_heads.reid_head, teacher.model.reid_head
         if dkd.PROB_WEIGHT > 0 and (head.classifier is None or teacher_head.classifier is None):
             raise ValueError(
                 "DKDLoss: MODEL.DKD.PROB_WEIGHT > 0 needs identity probabilities from both "
@@ -101,7 +98,6 @@ class DKDLoss(nn.Module):
         )
         crop = teacher.model.crop_size
         return {
-            "roi_heads": student["roi_heads"],
             "teacher": dkd.TEACHER,
             "prob_weight": dkd.PROB_WEIGHT,
             "relation_weight": dkd.RELATION_WEIGHT,
@@ -126,14 +122,13 @@ class DKDLoss(nn.Module):
         return jittered
 
     def forward(self, record: StudentRecord, teacher_outputs, student_losses):
-        roi_heads = self._roi_heads[0]
         teacher = teacher_outputs[self.teacher]
         boxes = [gt.gt_boxes.tensor for gt in record.gt_instances]
         pids = cat([gt.gt_pids for gt in record.gt_instances])
-        zero = record.features[roi_heads.in_features[0]].sum() * 0.0
+        zero = next(iter(record.features.values())).sum() * 0.0
         if len(pids) < 2:  # BatchNorm cannot normalise one box in training
             return {k: zero for k in ("loss_dkd_prob", "loss_dkd_relation", "loss_dkd_triplet")}
-        student = roi_heads.embed_boxes(record.features, [Boxes(b) for b in boxes])
+        student = record.embed_boxes([Boxes(b) for b in boxes])
         target = teacher.ground_truth
         labeled = pids >= 0
         prob = zero
@@ -141,7 +136,7 @@ class DKDLoss(nn.Module):
             prob = probability_kd(student.logits[labeled], target.logits[labeled])
             if self.fsa:
                 jittered = self._jittered(record)
-                moved = roi_heads.embed_boxes(record.features, [Boxes(b) for b in jittered])
+                moved = record.embed_boxes([Boxes(b) for b in jittered])
                 prob = prob + probability_kd(
                     moved.logits[labeled], teacher.embed(jittered).logits[labeled]
                 )

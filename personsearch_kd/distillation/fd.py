@@ -33,16 +33,16 @@ class FactorizedDistillLoss(nn.Module):
 
     K is the number of teachers, so the total weight does not grow with the ensemble; a zero
     weight switches its terms (and their adapters) off. A person-search student is distilled on
-    the batch's ground-truth boxes (its re-ID head through ``roi_heads.embed_boxes``, the teachers
-    on crops of the same boxes), a crop student (:class:`CropReIDNet`) on its training crops (the
-    teachers on their view of each crop). The adapters are student modules, unused by inference.
+    the batch's ground-truth boxes (its re-ID head through :attr:`StudentRecord.embed_boxes`, the
+    teachers on crops of the same boxes), a crop student (:class:`CropReIDNet`) on its training
+    crops (the teachers on their view of each crop). The adapters are trained with the student,
+    unused by inference.
     """
 
     @configurable
     def __init__(
         self,
         *,
-        roi_heads: Optional[nn.Module],
         teachers: List[str],
         views: List[Tuple[float, float]],
         in_channels: int,
@@ -54,15 +54,12 @@ class FactorizedDistillLoss(nn.Module):
     ):
         """
         Args:
-            roi_heads: the person-search student's ROI heads, or None for a crop student.
             teachers: the teachers' names; ``views`` their (top, bottom) views.
             in_channels, embed_dim: C of the student's re-ID feature map and D of its embedding.
             teacher_channels, teacher_dims: the same of each teacher.
             map_weight, feature_weight: weights of the two terms, shared by the K teachers.
         """
         super().__init__()
-        # A tuple: the student's ROI heads must not be registered a second time under this loss.
-        self._roi_heads = (roi_heads,)
         self.teachers = list(teachers)
         self.views = dict(zip(teachers, views))
         self.map_weight = map_weight / len(teachers)
@@ -87,11 +84,11 @@ class FactorizedDistillLoss(nn.Module):
                     f"CropReIDTeacher of MODEL.TEACHERS "
                     f"{ {k: type(t).__name__ for k, t in teachers.items()} }"
                 )
-        roi_heads = student.get("roi_heads")
-        head = roi_heads.reid_head if roi_heads is not None else student["reid_head"]
+        # A person-search student's re-ID head is in its ROI heads, a crop student's at the top.
+        roi_heads = getattr(student, "roi_heads", None)
+        head = roi_heads.reid_head if roi_heads is not None else student.reid_head
         models = [teachers[name].model for name in names]
         return {
-            "roi_heads": roi_heads,
             "teachers": names,
             "views": [m.view for m in models],
             "in_channels": head.proj.in_features,
@@ -109,7 +106,7 @@ class FactorizedDistillLoss(nn.Module):
         boxes = [gt.gt_boxes for gt in record.gt_instances]
         if sum(len(b) for b in boxes) < 2:  # BatchNorm cannot normalise one box in training
             return None
-        return self._roi_heads[0].embed_boxes(record.features, [Boxes(b.tensor) for b in boxes])
+        return record.embed_boxes([Boxes(b.tensor) for b in boxes])
 
     def forward(self, record, teacher_outputs, student_losses) -> Dict[str, torch.Tensor]:
         student = self._student(record)

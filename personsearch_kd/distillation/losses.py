@@ -1,8 +1,9 @@
 # Copyright (c) personsearch_kd contributors. Licensed under the Apache License 2.0.
 """
 Distillation losses (:data:`DISTILL_LOSS_REGISTRY`, chosen by MODEL.DISTILLATION.LOSSES). Each is
-an nn.Module of the student (its trainable parts, such as an adapter, train and checkpoint with
-it), built with ``(cfg, student, teachers)`` and called each training step as
+an nn.Module of the :class:`Distiller` (its trainable parts, such as an adapter, train and
+checkpoint with the student), built with ``(cfg, student, teachers)`` and called each training
+step as
 ``loss(record, teacher_outputs, student_losses) -> {key: weighted loss}``: ``record`` is the
 :class:`StudentRecord` of the step, ``teacher_outputs`` maps each teacher's name to what its
 ``outputs(record)`` gave, ``student_losses`` the student's own loss terms. A returned key that is
@@ -31,6 +32,7 @@ from ..layers.kd_losses import (
     soft_cross_entropy,
 )
 from ..modeling.record import StudentRecord
+from ..modeling.rpn import RecordingRPN
 from .teachers import DetectorTeacher
 
 __all__ = [
@@ -43,9 +45,10 @@ __all__ = [
 
 DISTILL_LOSS_REGISTRY = Registry("DISTILL_LOSS")
 DISTILL_LOSS_REGISTRY.__doc__ = """
-Distillation losses: built with ``(cfg, student, teachers)`` (``student``: the keyword arguments
-of the student's constructor, its ``backbone``, ``proposal_generator`` and ``roi_heads``
-included), called as ``loss(record, teacher_outputs, student_losses) -> Dict[str, Tensor]``.
+Distillation losses: built with ``(cfg, student, teachers)`` (``student``: the plain student, read
+for its shapes only; ``teachers``: name -> teacher), called as
+``loss(record, teacher_outputs, student_losses) -> Dict[str, Tensor]``. What a loss needs of the
+student's step is in the record (its :attr:`StudentRecord.embed_boxes` embeds other boxes).
 """
 
 
@@ -145,7 +148,7 @@ class HintLoss(nn.Module):
         kd = cfg.MODEL.KD_DET
         teacher = _detector_teacher(cfg, teachers, "HintLoss")
         features = {
-            "student": (kd.HINT_FEATURE, student["backbone"].output_shape(), "HINT_FEATURE"),
+            "student": (kd.HINT_FEATURE, student.backbone.output_shape(), "HINT_FEATURE"),
             "teacher": (
                 kd.HINT_TEACHER_FEATURE or kd.HINT_FEATURE,
                 teacher.model.backbone.output_shape(),
@@ -212,9 +215,15 @@ class RPNDistillLoss(_KDDetLoss):
     def from_config(cls, cfg, student, teachers):
         ret = cls.kd_det_args(cfg, teachers, "RPNDistillLoss")
         rpn, teacher_rpn = (
-            student["proposal_generator"],
+            student.proposal_generator,
             teachers[ret["teacher"]].model.proposal_generator,
         )
+        if not isinstance(rpn, RecordingRPN):
+            raise ValueError(
+                f"RPNDistillLoss reads the student's RPN predictions, which only a RecordingRPN "
+                f"records: MODEL.PROPOSAL_GENERATOR.NAME builds {type(rpn).__name__}; expected "
+                "'RecordingRPN'"
+            )
         _require_equal(
             "RPNDistillLoss",
             {
@@ -285,7 +294,7 @@ class RCNDistillLoss(_KDDetLoss):
     @classmethod
     def from_config(cls, cfg, student, teachers):
         ret = cls.kd_det_args(cfg, teachers, "RCNDistillLoss")
-        heads, teacher_heads = student["roi_heads"], teachers[ret["teacher"]].model.roi_heads
+        heads, teacher_heads = student.roi_heads, teachers[ret["teacher"]].model.roi_heads
         _require_equal(
             "RCNDistillLoss",
             {

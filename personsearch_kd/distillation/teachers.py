@@ -23,7 +23,7 @@ from detectron2.utils.registry import Registry
 from ..config import load_config
 from ..layers.lut_file import check_lut_file, load_lut_file
 from ..modeling.crop_reid import CropReIDNet
-from ..modeling.predictions import box_head_predictions, rpn_predictions
+from .predictions import box_head_predictions, rpn_predictions
 from ..modeling.record import CropRecord, StudentRecord
 from ..modeling.reid_head import ReIDOutputs
 

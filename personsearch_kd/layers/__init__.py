@@ -1,6 +1,6 @@
 # Copyright (c) personsearch_kd contributors. Licensed under the Apache License 2.0.
 # Pure torch building blocks: importable without detectron2.
-from .batch_norm import running_statistics_kept
+from .batch_norm import call_with_statistics_unchanged
 from .kd_losses import (
     binary_soft_cross_entropy,
     bounded_regression_loss,

@@ -1,9 +1,10 @@
 # Copyright (c) personsearch_kd contributors. Licensed under the Apache License 2.0.
-# Importing this module registers the meta-architecture, the ROI heads, the re-ID head and losses.
+# The plain students and their parts; importing this module registers the meta-architectures,
+# the RPN, the ROI heads, the re-ID head and losses. None of them knows of teachers.
 from .crop_reid import CropReIDNet
 from .meta_arch import PersonSearchRCNN
 from .qeeps import QEEPS, SiameseQSSE
-from .record import CropRecord, StudentRecord
+from .record import CropRecord, Recorder, StudentRecord, recording
 from .reid_head import REID_HEAD_REGISTRY, EmbeddingHead, ReIDOutputs
 from .reid_losses import (
     REID_LOSS_REGISTRY,
@@ -12,3 +13,4 @@ from .reid_losses import (
     TripletReIDLoss,
 )
 from .roi_heads import OIMROIHeads, PersonDetectorROIHeads
+from .rpn import RecordingRPN

@@ -1,7 +1,7 @@
 # Copyright (c) personsearch_kd contributors. Licensed under the Apache License 2.0.
 """A re-ID network on person crops: the external re-ID model of DKD, and a two-step re-ID stage."""
 
-from typing import Dict, List, Optional
+from typing import Dict, List
 
 import torch
 from torch import nn
@@ -11,16 +11,15 @@ from detectron2.modeling import META_ARCH_REGISTRY, build_backbone
 from detectron2.structures import Boxes, Instances
 
 from ..layers.crops import crop_boxes, parse_view, view_boxes
-from .record import CropRecord
+from .record import CropRecord, Recorder
 from .reid_head import ReIDOutputs, build_reid_head
 from .reid_losses import build_reid_losses
-from .student import DistillationStudent
 
 __all__ = ["CropReIDNet"]
 
 
 @META_ARCH_REGISTRY.register()
-class CropReIDNet(DistillationStudent):
+class CropReIDNet(Recorder):
     """
     A ResNet on person crops (INPUT.REID_CROP.SIZE, 256 x 128 by default; of the rows of the box
     that INPUT.REID_CROP.VIEW shows, the whole box by default) -> the re-ID head
@@ -35,10 +34,11 @@ class CropReIDNet(DistillationStudent):
     ground truth, both XYXY in original-image coordinates, gives ``{"instances": Instances}`` of
     those boxes with ``scores`` 1 and ``reid_feats`` (K, D).
 
-    It can learn from teachers too (MODEL.TEACHERS, MODEL.DISTILLATION.LOSSES, held as
-    :class:`DistillationStudent` says): its training forward records the crops and its outputs in
-    a :class:`CropRecord` (factorized distillation from partial-view crop teachers).
+    Inside :func:`recording` its training forward records the crops and its outputs, a
+    :data:`RECORD` for distillation (factorized distillation from partial-view crop teachers).
     """
+
+    RECORD = CropRecord
 
     @configurable
     def __init__(
@@ -53,14 +53,11 @@ class CropReIDNet(DistillationStudent):
         input_format: str,
         crop_size,
         view=(0.0, 1.0),
-        teachers: Optional[Dict[str, nn.Module]] = None,
-        distillation_losses: Optional[Dict[str, nn.Module]] = None,
     ):
         """
         Args:
             crop_size: (H, W) of the crops.
             view: (top, bottom) fractions of the box height that the crops show.
-            teachers, distillation_losses: as for :class:`PersonSearchRCNN`; none by default.
         """
         super().__init__()
         self.backbone = backbone
@@ -72,13 +69,9 @@ class CropReIDNet(DistillationStudent):
         self.input_format = input_format
         self.crop_size = tuple(crop_size)
         self.view = tuple(view)
-        self._init_distillation(teachers, distillation_losses)
 
     @classmethod
     def from_config(cls, cfg):
-        # Imported here: the teachers module imports this one (a crop net is a teacher kind).
-        from ..distillation import build_distillation_losses, build_teachers
-
         backbone = build_backbone(cfg)
         in_feature = cfg.MODEL.RESNETS.OUT_FEATURES[-1]
         ret = {
@@ -92,8 +85,6 @@ class CropReIDNet(DistillationStudent):
             "crop_size": cfg.INPUT.REID_CROP.SIZE,
             "view": parse_view(cfg.INPUT.REID_CROP.VIEW),
         }
-        ret["teachers"] = build_teachers(cfg)
-        ret["distillation_losses"] = build_distillation_losses(cfg, ret, ret["teachers"])
         return ret
 
     @property
@@ -134,7 +125,8 @@ class CropReIDNet(DistillationStudent):
             losses = {}
             for loss in self.reid_losses:
                 losses.update(loss(outputs, pids))
-            return self._distill(CropRecord(crops.to(self.device), pids, outputs), losses)
+            self._record(crops=crops.to(self.device), person_ids=pids, reid=outputs)
+            return losses
         return [self._embed_given_boxes(x) for x in batched_inputs]
 
     def _embed_given_boxes(self, inputs: Dict) -> Dict:

@@ -3,17 +3,12 @@ import contextlib
 from typing import Dict, List, Tuple
 
 import torch
-from torch import nn
 
 from detectron2.config import configurable
 from detectron2.modeling import META_ARCH_REGISTRY, GeneralizedRCNN
-from detectron2.modeling.proposal_generator import RPN
 from detectron2.structures import Boxes, Instances
 
-from ..distillation import build_distillation_losses, build_teachers
-from .predictions import rpn_predictions
 from .record import StudentRecord
-from .student import DistillationStudent
 
 __all__ = ["PersonSearchRCNN", "as_fp32"]
 
@@ -33,7 +28,7 @@ def as_fp32(instances: Instances) -> Instances:
 
 
 @META_ARCH_REGISTRY.register()
-class PersonSearchRCNN(DistillationStudent, GeneralizedRCNN):
+class PersonSearchRCNN(GeneralizedRCNN):
     """
     A :class:`GeneralizedRCNN` for end-to-end person search. With :class:`OIMROIHeads` its
     detections carry ``reid_feats``; in addition it has a *query mode* that embeds boxes given by
@@ -47,31 +42,22 @@ class PersonSearchRCNN(DistillationStudent, GeneralizedRCNN):
     are given (the ground truth, :class:`GroundTruthBoxes`): the same outputs, which an
     evaluation takes for detections, so that re-ID is measured alone.
 
-    Distillation: the training forward records what the student computed in a
-    :class:`StudentRecord`, and each distillation loss of MODEL.DISTILLATION.LOSSES reads it with
-    the outputs of the teachers of MODEL.TEACHERS (held as :class:`DistillationStudent` says).
+    Training is :meth:`GeneralizedRCNN.forward`'s. Inside :func:`recording` its RPN (a
+    :class:`RecordingRPN`) and ROI heads record a :data:`RECORD` of the step for distillation
+    (:class:`personsearch_kd.distillation.Distiller`).
     """
 
+    RECORD = StudentRecord
+
     @configurable
-    def __init__(
-        self,
-        *,
-        teachers: Dict[str, nn.Module] = None,
-        distillation_losses: Dict[str, nn.Module] = None,
-        inference_precision: str = "fp32",
-        **kwargs,
-    ):
+    def __init__(self, *, inference_precision: str = "fp32", **kwargs):
         """
         Args:
-            teachers: name -> frozen teacher (see :func:`build_teachers`); none by default.
-            distillation_losses: name -> distillation loss module (see
-                :func:`build_distillation_losses`); none by default.
             inference_precision: "fp32", or "bf16" / "fp16" to run inference under autocast
                 (re-ID features stay fp32).
             kwargs: arguments of :class:`GeneralizedRCNN`.
         """
         super().__init__(**kwargs)
-        self._init_distillation(teachers, distillation_losses)
         if inference_precision not in _AUTOCAST_DTYPES:
             raise ValueError(
                 f"TEST.PERSON_SEARCH.PRECISION={inference_precision!r}: expected one of "
@@ -82,24 +68,21 @@ class PersonSearchRCNN(DistillationStudent, GeneralizedRCNN):
     @classmethod
     def from_config(cls, cfg):
         ret = super().from_config(cfg)
-        teachers = build_teachers(cfg)
-        ret["teachers"] = teachers
-        ret["distillation_losses"] = build_distillation_losses(cfg, ret, teachers)
         ret["inference_precision"] = cfg.TEST.PERSON_SEARCH.PRECISION
         return ret
 
     def forward(self, batched_inputs: List[Dict[str, torch.Tensor]]):
         """
         See :meth:`GeneralizedRCNN.forward`; in inference, inputs with ``"query_boxes"`` run
-        :meth:`embed_query_boxes`. Training adds the distillation losses to the student's.
+        :meth:`embed_query_boxes`.
         """
-        if not self.training:
-            with self.inference_autocast():
-                outputs = self._inference(batched_inputs)
-            for output in outputs:
-                as_fp32(output["instances"])
-            return outputs
-        return self._training_forward(batched_inputs)
+        if self.training:
+            return super().forward(batched_inputs)
+        with self.inference_autocast():
+            outputs = self._inference(batched_inputs)
+        for output in outputs:
+            as_fp32(output["instances"])
+        return outputs
 
     def inference_autocast(self):
         """A context running its inference at ``inference_precision`` (nothing for fp32)."""
@@ -124,40 +107,6 @@ class PersonSearchRCNN(DistillationStudent, GeneralizedRCNN):
             for i, result in zip(indices, results):
                 outputs[i] = result
         return outputs
-
-    def _training_forward(self, batched_inputs: List[Dict[str, torch.Tensor]]):
-        images = self.preprocess_image(batched_inputs)
-        record = StudentRecord(
-            batched_inputs=batched_inputs,
-            images=images,
-            features=self.backbone(images.tensor),
-            gt_instances=[x["instances"].to(self.device) for x in batched_inputs],
-        )
-        losses = self._rpn_losses(record)
-        _, detector_losses = self.roi_heads(
-            images, record.features, record.proposals, record.gt_instances, record=record
-        )
-        losses.update(detector_losses)
-        return self._distill(record, losses)
-
-    def _rpn_losses(self, record: StudentRecord) -> Dict[str, torch.Tensor]:
-        """
-        The RPN's training pass, as :meth:`RPN.forward`, with its anchors, predictions and
-        sampled anchor labels kept in ``record``.
-        """
-        rpn = self.proposal_generator
-        if not isinstance(rpn, RPN):
-            raise ValueError(
-                f"PersonSearchRCNN: MODEL.PROPOSAL_GENERATOR.NAME builds {type(rpn).__name__}; "
-                "training expects detectron2's RPN"
-            )
-        anchors, logits, deltas = rpn_predictions(rpn, record.features)
-        labels, gt_boxes = rpn.label_and_sample_anchors(anchors, record.gt_instances)
-        losses = rpn.losses(anchors, logits, labels, deltas, gt_boxes)
-        record.anchors, record.rpn_logits, record.rpn_deltas = anchors, logits, deltas
-        record.rpn_labels, record.rpn_gt_boxes = torch.stack(labels), gt_boxes
-        record.proposals = rpn.predict_proposals(anchors, logits, deltas, record.images.image_sizes)
-        return losses
 
     def _given_boxes(self, inputs: Dict, key: str, input_size) -> Tuple[torch.Tensor, Boxes]:
         """

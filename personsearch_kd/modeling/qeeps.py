@@ -19,12 +19,12 @@ from detectron2.layers import cat
 from detectron2.modeling import META_ARCH_REGISTRY
 from detectron2.modeling.backbone.resnet import BasicBlock, BottleneckBlock
 from detectron2.modeling.postprocessing import detector_postprocess
-from detectron2.modeling.proposal_generator import build_proposal_generator
+from detectron2.modeling.proposal_generator import RPN
 from detectron2.structures import Boxes, Instances, pairwise_iou
 
 from ..layers.qeeps import QSSE, QuerySimilarityNet, query_proposal_labels
 from .meta_arch import PersonSearchRCNN, as_fp32
-from .record import StudentRecord
+from .record import recording
 
 __all__ = ["QEEPS", "SiameseQSSE"]
 
@@ -125,7 +125,8 @@ class QEEPS(PersonSearchRCNN):
         ret = super().from_config(cfg)
         qeeps = cfg.MODEL.QEEPS
         ret["qsse"] = SiameseQSSE(ret["backbone"], list(qeeps.QSSE_STAGES), qeeps.QSSE_REDUCTION)
-        ret["qrpn"] = build_proposal_generator(cfg, ret["backbone"].output_shape())
+        # A plain RPN: the student's record holds the RPN's predictions, not the QRPN's.
+        ret["qrpn"] = RPN(cfg, ret["backbone"].output_shape())
         ret["qsim_iou"] = qeeps.SIM_IOU
         return ret
 
@@ -136,6 +137,12 @@ class QEEPS(PersonSearchRCNN):
                     state_dict[key].clone()
                 )
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def forward(self, batched_inputs: List[Dict]):
+        """Training: the losses of query-gallery pairs (see the class docstring)."""
+        if self.training:
+            return self._training_forward(batched_inputs)
+        return super().forward(batched_inputs)
 
     def _inference(self, batched_inputs):
         raise NotImplementedError(
@@ -156,9 +163,7 @@ class QEEPS(PersonSearchRCNN):
     def _embed_pooled(self, pooled: torch.Tensor) -> torch.Tensor:
         """(R, D) ID features of pooled ROI features (one re-ID head for query and gallery)."""
         heads = self.roi_heads
-        return heads.reid_head(
-            (heads.res5 if heads.reid_res5 is None else heads.reid_res5)(pooled)
-        ).embeddings
+        return heads.reid_head(heads.reid_branch_res5(pooled)).embeddings
 
     def _modulated(self, q_feats, g_feats, query_boxes: List[Boxes]) -> Dict[str, torch.Tensor]:
         """Gallery features re-weighted channel-wise by each query person's pooled features."""
@@ -177,19 +182,20 @@ class QEEPS(PersonSearchRCNN):
         query_boxes = [gt.gt_boxes[gt.gt_pids == pid][:1] for gt, pid in zip(q_gt, pids)]
         person_in_gallery = [gt[gt.gt_pids == pid][:1] for gt, pid in zip(g_gt, pids)]
 
-        record = StudentRecord(
-            batched_inputs=galleries, images=g_images, features=g_feats, gt_instances=g_gt
-        )
-        losses = self._rpn_losses(record)
-        modulated = self._modulated(q_feats, g_feats, query_boxes)
-        q_proposals, qrpn_losses = self.qrpn(g_images, modulated, person_in_gallery)
-        losses.update({k.replace("loss_rpn", "loss_qrpn"): v for k, v in qrpn_losses.items()})
-        proposals = [Instances.cat([p, q]) for p, q in zip(record.proposals, q_proposals)]
-        _, detector_losses = self.roi_heads(g_images, g_feats, proposals, g_gt, record=record)
-        losses.update(detector_losses)
+        with recording(self) as record:
+            # The record of a distilled QEEPS is of the gallery images.
+            record["batched_inputs"] = galleries
+            proposals, losses = self.proposal_generator(g_images, g_feats, g_gt)
+            modulated = self._modulated(q_feats, g_feats, query_boxes)
+            q_proposals, qrpn_losses = self.qrpn(g_images, modulated, person_in_gallery)
+            losses.update({k.replace("loss_rpn", "loss_qrpn"): v for k, v in qrpn_losses.items()})
+            proposals = [Instances.cat([p, q]) for p, q in zip(proposals, q_proposals)]
+            _, detector_losses = self.roi_heads(g_images, g_feats, proposals, g_gt)
+            losses.update(detector_losses)
+            sampled_rois = record["rois"]
 
         # QSimNet on every sampled ROI; the query embedded in the same pass (BatchNorm sees all).
-        rois = [r.proposal_boxes for r in record.rois]
+        rois = [r.proposal_boxes for r in sampled_rois]
         pooled = cat([self._pooled(q_feats, query_boxes), self._pooled(g_feats, rois)])
         embeddings = self._embed_pooled(pooled)
         query_feats, roi_feats = embeddings[: len(pids)], embeddings[len(pids) :]
@@ -202,7 +208,7 @@ class QEEPS(PersonSearchRCNN):
         )
         logits = self.qsimnet(query_feats.repeat_interleave(counts, dim=0), roi_feats)
         losses["loss_qsim"] = F.cross_entropy(logits, labels)
-        return self._distill(record, losses)
+        return losses
 
     @torch.no_grad()
     def search_pair(self, queries: List[Dict], galleries: List[Dict]) -> List[Dict]:

@@ -47,7 +47,7 @@ def _gather_from_all_ranks(feats: torch.Tensor, pids: torch.Tensor):
     if comm.get_world_size() == 1:
         return feats, pids
     # Through CPU: comm.all_gather pickles over a gloo group whatever the training backend. The
-    # label shows the sync in profiler traces; tools/benchmark_train_step.py --num-gpus reads it.
+    # label shows the sync in profiler traces; dev/benchmark_train_step.py --num-gpus reads it.
     with torch.profiler.record_function(OIM_SYNC_LABEL):
         gathered = comm.all_gather((feats.cpu(), pids.cpu()))
     return (

@@ -1,5 +1,5 @@
 # Copyright (c) personsearch_kd contributors. Licensed under the Apache License 2.0.
-from contextlib import nullcontext
+from functools import partial
 from typing import Dict, List, Optional, Tuple
 
 import torch
@@ -11,9 +11,9 @@ from detectron2.modeling.backbone.resnet import BasicBlock, ResNet
 from detectron2.modeling.roi_heads import ROI_HEADS_REGISTRY, Res5ROIHeads
 from detectron2.structures import Boxes, ImageList, Instances
 
-from ..layers.batch_norm import running_statistics_kept
+from ..layers.batch_norm import call_with_statistics_unchanged
 from ..layers.oim_loss import UNLABELED_PID
-from .record import StudentRecord
+from .record import Recorder
 from .reid_head import ReIDOutputs, build_reid_head
 from .reid_losses import build_reid_losses
 
@@ -62,7 +62,7 @@ class PersonDetectorROIHeads(Res5ROIHeads):
 
 
 @ROI_HEADS_REGISTRY.register()
-class OIMROIHeads(Res5ROIHeads):
+class OIMROIHeads(Recorder, Res5ROIHeads):
     """
     C4 ROI heads of person search: the res5 box head of :class:`Res5ROIHeads` (built from
     BasicBlocks for ResNet-18/34) and a re-ID head (MODEL.REID.HEAD_NAME) on the same res5 ROI
@@ -70,9 +70,14 @@ class OIMROIHeads(Res5ROIHeads):
     heads, as in DKD), trained on the foreground ROIs with the re-ID losses of MODEL.REID.LOSSES
     (OIM by default).
 
+    Training runs :class:`Res5ROIHeads`' own pass, then :meth:`_forward_reid` on the ROI
+    features that pass computed (kept by narrow hooks: :meth:`label_and_sample_proposals`,
+    :meth:`_shared_roi_transform` and a forward hook of the box predictor), and records for
+    distillation (:class:`Recorder`) the sampled ROIs, the box head's predictions and
+    :meth:`embed_for_distillation`.
+
     Inference adds ``reid_feats`` (L2-normalised) to every predicted instance; they are computed
     on the final (regressed) boxes, exactly as for a query box given by the user.
-    :meth:`embed_boxes` embeds any boxes, in training too.
     """
 
     @configurable
@@ -109,6 +114,7 @@ class OIMROIHeads(Res5ROIHeads):
             name = loss.KEY[len("loss_") :] + "_loss"
             setattr(self, name, loss)
             self.reid_loss_names.append(name)
+        self.box_predictor.register_forward_hook(self._keep_predictions)
 
     @classmethod
     def from_config(cls, cfg, input_shape):
@@ -123,6 +129,11 @@ class OIMROIHeads(Res5ROIHeads):
     @classmethod
     def _build_res5_block(cls, cfg):
         return build_res5_for_depth(cfg)
+
+    @property
+    def reid_branch_res5(self) -> nn.Module:
+        """The res5 whose ROI features the re-ID head reads: its own, or the box head's."""
+        return self.res5 if self.reid_res5 is None else self.reid_res5
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         # Checkpoints written before the re-ID head was a component call it "embed_head".
@@ -144,32 +155,71 @@ class OIMROIHeads(Res5ROIHeads):
         features: Dict[str, torch.Tensor],
         proposals: List[Instances],
         targets: Optional[List[Instances]] = None,
-        record: Optional[StudentRecord] = None,
     ) -> Tuple[List[Instances], Dict[str, torch.Tensor]]:
         """
-        See :meth:`Res5ROIHeads.forward`. Training targets must carry ``gt_pids`` (R_i,) int64:
-        identity in [0, NUM_IDS) or -1 for an unlabeled person. The returned losses add those of
-        the re-ID losses; a given ``record`` receives the sampled ROIs, the box head's
-        predictions and the re-ID outputs. Inference instances add ``reid_feats``.
+        See :meth:`Res5ROIHeads.forward`, whose training pass this runs unchanged before
+        :meth:`_forward_reid`. Training targets must carry ``gt_pids`` (R_i,) int64: identity in
+        [0, NUM_IDS) or -1 for an unlabeled person. Inference instances add ``reid_feats``.
         """
         if not self.training:
             if self.reid_on_proposals:
                 return self._inference_on_proposals(features, proposals), {}
             return super().forward(images, features, proposals)
-        rois = self.label_and_sample_proposals(proposals, targets)
-        pooled = self.pooler(
-            [features[f] for f in self.in_features], [x.proposal_boxes for x in rois]
+        self._training_pass = {}
+        try:
+            _, losses = super().forward(images, features, proposals, targets)
+            rois, pooled, box_features = (
+                self._training_pass[k] for k in ("rois", "pooled", "box_features")
+            )
+            box_scores, box_deltas = self._training_pass["predictions"]
+        finally:
+            self._training_pass = None
+        losses.update(self._forward_reid(rois, pooled, box_features))
+        self._record(
+            features=features,
+            gt_instances=targets,
+            rois=rois,
+            box_scores=box_scores,
+            box_deltas=box_deltas,
+            embed_boxes=partial(self.embed_for_distillation, features),
         )
-        box_features = self.res5(pooled)
-        predictions = self.box_predictor(box_features.mean(dim=[2, 3]))
-        losses = self.box_predictor.losses(predictions, rois)
-        reid, pids = self._embed_foreground(box_features, rois, pooled)
-        losses.update(self._reid_losses(reid, pids, box_features))
-        if record is not None:
-            record.rois = rois
-            record.box_scores, record.box_deltas = predictions
-            record.reid, record.reid_pids = reid, pids
         return [], losses
+
+    # Hooks into Res5ROIHeads' training pass: they keep its intermediate results for
+    # _forward_reid and the record, in self._training_pass (None outside a training forward).
+    _training_pass: Optional[Dict] = None
+
+    def label_and_sample_proposals(self, proposals, targets):
+        rois = super().label_and_sample_proposals(proposals, targets)
+        if self._training_pass is not None:
+            self._training_pass["rois"] = rois
+        return rois
+
+    def _shared_roi_transform(self, features: List[torch.Tensor], boxes: List[Boxes]):
+        pooled = self.pooler(features, boxes)
+        box_features = self.res5(pooled)
+        if self._training_pass is not None:
+            self._training_pass.update(pooled=pooled, box_features=box_features)
+        return box_features
+
+    def _keep_predictions(self, box_predictor, inputs, predictions) -> None:
+        """A forward hook of the box predictor: its (scores, deltas) of the sampled ROIs."""
+        if self._training_pass is not None:
+            self._training_pass["predictions"] = predictions
+
+    def _forward_reid(
+        self, rois: List[Instances], pooled: torch.Tensor, box_features: torch.Tensor
+    ) -> Dict[str, torch.Tensor]:
+        """
+        The re-ID losses of a training step, on the foreground ROIs.
+
+        Args:
+            rois: the sampled ROIs, per image (R in all), with ``gt_classes`` and ``gt_pids``.
+            pooled: (R, C, h, w) their pooled features, for a separate re-ID res5.
+            box_features: (R, C', h', w') the box head's res5 features of them.
+        """
+        reid, pids = self._embed_foreground(box_features, rois, pooled)
+        return self._reid_losses(reid, pids, box_features)
 
     def _inference_on_proposals(
         self, features: Dict[str, torch.Tensor], proposals: List[Instances]
@@ -217,7 +267,7 @@ class OIMROIHeads(Res5ROIHeads):
         foreground = gt_classes != self.num_classes
         if int(foreground.sum()) < 2:
             return None, pids[:0]
-        if self.reid_res5 is None:
+        if self.reid_res5 is None:  # the box head's res5 features serve re-ID too
             return self.reid_head(box_features[foreground]), pids[foreground]
         return self.reid_head(self.reid_res5(pooled[foreground])), pids[foreground]
 
@@ -237,20 +287,28 @@ class OIMROIHeads(Res5ROIHeads):
             losses = {key: value + zero for key, value in losses.items()}
         return losses
 
-    def embed_boxes(self, features: Dict[str, torch.Tensor], boxes: List[Boxes]) -> ReIDOutputs:
+    def embed_for_distillation(
+        self, features: Dict[str, torch.Tensor], boxes: List[Boxes]
+    ) -> ReIDOutputs:
         """
-        Re-ID outputs of any boxes (network-input coordinates, one Boxes per image), in training
-        (ground-truth or jittered boxes) as in inference; rows in image order.
+        Re-ID outputs of any boxes in a training step (ground-truth or jittered boxes of a
+        distillation loss), as :attr:`StudentRecord.embed_boxes` gives them.
 
-        In training the boxes are normalised with their own batch statistics but leave
-        BatchNorm's running statistics as the training forward left them: inference normalises
-        the proposals with those, and a distillation loss embedding ground-truth boxes every
-        step pulled res5's towards crops of persons (a DKD student lost 11 det AP at test).
+        The boxes are normalised with their own batch statistics, but BatchNorm's running
+        statistics cannot move (:func:`call_with_statistics_unchanged`): inference normalises the
+        proposals with those, and a distillation loss embedding ground-truth boxes every step
+        pulled res5's towards crops of persons (a DKD student lost 11 det AP at test).
+
+        Args:
+            features: the backbone features of the step.
+            boxes: one Boxes per image, network-input coordinates.
+        Returns:
+            ReIDOutputs, rows in image order.
         """
         pooled = self.pooler([features[f] for f in self.in_features], boxes)
-        res5 = self.res5 if self.reid_res5 is None else self.reid_res5
-        with running_statistics_kept(self) if self.training else nullcontext():
-            return self.reid_head(res5(pooled))
+        return call_with_statistics_unchanged(
+            self.reid_head, call_with_statistics_unchanged(self.reid_branch_res5, pooled)
+        )
 
     def forward_with_given_boxes(
         self, features: Dict[str, torch.Tensor], instances: List[Instances]
@@ -263,7 +321,9 @@ class OIMROIHeads(Res5ROIHeads):
             L2-normalised.
         """
         assert not self.training
-        embeddings = self.embed_boxes(features, [x.pred_boxes for x in instances]).embeddings
+        boxes = [x.pred_boxes for x in instances]
+        pooled = self.pooler([features[f] for f in self.in_features], boxes)
+        embeddings = self.reid_head(self.reid_branch_res5(pooled)).embeddings
         for inst, emb in zip(instances, embeddings.split([len(x) for x in instances])):
             inst.reid_feats = emb
         return instances

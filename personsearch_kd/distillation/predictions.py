@@ -1,7 +1,8 @@
 # Copyright (c) personsearch_kd contributors. Licensed under the Apache License 2.0.
 """
-The raw predictions of detectron2's RPN and box heads, laid out for losses that compare two
-networks' predictions (the student's forward records them; a detector teacher computes them).
+A detector teacher's raw RPN and box-head predictions, laid out as a student's
+:class:`StudentRecord` holds its own (a :class:`RecordingRPN` records them from
+:meth:`RPN.forward`; a frozen teacher in eval mode computes only these, without proposals).
 """
 
 from typing import Dict, List, Tuple
