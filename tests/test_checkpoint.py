@@ -13,9 +13,9 @@ pytest.importorskip("detectron2")
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
-from personsearch_kd.engine import SafeCheckpointer  # noqa: E402
+from personsearch_kd.engine import SafeCheckpointer, Trainer, setup_from_args  # noqa: E402
 
-from helpers import load_tool, synthetic_record, tiny_cfg  # noqa: E402
+from helpers import synthetic_record, tiny_cfg  # noqa: E402
 
 
 def _last_named(save_dir) -> str:
@@ -121,7 +121,6 @@ def test_diverging_training_stops_naming_the_iteration_and_keeps_the_last_good_c
     records = [synthetic_record(tmp_path, i, pids) for i, pids in enumerate([[0, 1], [2, -1]])]
     DatasetCatalog.register(name, lambda: records)
     MetadataCatalog.get(name).set(thing_classes=["person"])
-    train_net = load_tool("train_net")
     config_file = tmp_path / "tiny.yaml"
     config_file.write_text(tiny_cfg(18).dump())
     output_dir = tmp_path / "output"
@@ -132,7 +131,7 @@ def test_diverging_training_stops_naming_the_iteration_and_keeps_the_last_good_c
     ]
     args = default_argument_parser().parse_args(["--config-file", str(config_file), *opts])
     try:
-        trainer = train_net.Trainer(train_net.setup(args))
+        trainer = Trainer(setup_from_args(args))
         trainer.register_hooks([PoisonRunningVariance()])
         trainer.resume_or_load(resume=False)
         with pytest.raises(

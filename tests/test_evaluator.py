@@ -23,12 +23,13 @@ from personsearch_kd.data.datasets import register_mot_person_search  # noqa: E4
 from personsearch_kd.evaluation import (  # noqa: E402
     PersonSearchEvaluator,
     RandomFeatureEvaluator,
+    build_person_search_evaluator,
+    build_person_search_test_loader,
 )
 
 from helpers import (  # noqa: E402
     OracleModel,
     end_distributed_worker,
-    load_tool,
     set_seed,
     tiny_cfg,
     write_mot_fixture,
@@ -154,7 +155,7 @@ def test_random_features_keep_detection_and_lower_search(fixture_test_set, tmp_p
 
 
 def test_detection_only_evaluates_a_plain_detector_on_the_gallery(fixture_test_set):
-    """A DET config (KD_det teacher): the Trainer runs the gallery only, detection metrics only."""
+    """A DET config (KD_det teacher): its loader runs the gallery only, detection metrics only."""
     set_seed(0)
     cfg = tiny_cfg(
         18,
@@ -165,10 +166,9 @@ def test_detection_only_evaluates_a_plain_detector_on_the_gallery(fixture_test_s
             "TEST.PERSON_SEARCH.VIS_QUERIES": 0,
         },
     )
-    train_net = load_tool("train_net")
-    loader = train_net.Trainer.build_test_loader(cfg, fixture_test_set)
+    loader = build_person_search_test_loader(cfg, fixture_test_set)
     assert len(loader) == 8  # the 8 gallery frames; the 4 queries are left out
-    evaluator = train_net.Trainer.build_evaluator(cfg, fixture_test_set, output_folder="")
+    evaluator = build_person_search_evaluator(cfg, fixture_test_set)
     results = inference_on_dataset(build_model(cfg).eval(), loader, evaluator)["person_search"]
     assert set(results) == {"det_AP", "det_recall", "det_recall_labeled"}
     assert all(0.0 <= v <= 100.0 for v in results.values())

@@ -17,6 +17,7 @@ from detectron2.modeling import build_model  # noqa: E402
 
 from helpers import (  # noqa: E402
     NUM_IDS,
+    cli_error,
     end_distributed_worker,
     load_tool,
     model_inputs,
@@ -76,7 +77,7 @@ def test_from_checkpoint_copies_the_lut_buffer(teacher, tmp_path):
         _export(teacher, tmp_path / "bad.pth", "--from-checkpoint", "--lut-key", "roi_heads.lut")
 
 
-def test_random_is_a_seeded_table_of_unit_rows_that_fits_the_student(teacher, tmp_path):
+def test_random_is_a_seeded_table_of_unit_rows_that_fits_the_student(teacher, tmp_path, capsys):
     from detectron2.config import CfgNode
 
     from personsearch_kd.distillation import build_teachers
@@ -107,16 +108,16 @@ def test_random_is_a_seeded_table_of_unit_rows_that_fits_the_student(teacher, tm
         {"table": {"KIND": "LUTFileTeacher", "WEIGHTS": str(tmp_path / "random3.pth")}}
     )
     assert torch.equal(build_teachers(student)["table"].lut, lut)
-    # A teacher's checkpoint with --random, or none without it, is refused.
-    with pytest.raises(ValueError, match="none with --random"):
-        _export(teacher, tmp_path / "bad.pth", "--random")
-    with pytest.raises(ValueError, match="--weights: expected the teacher's checkpoint"):
-        load_tool("export_lut").main(
-            ["--config-file", teacher["config"], "--from-checkpoint", "--output", str(tmp_path)]
-        )
+    # A teacher's checkpoint with --random, or none without it, is refused in one line.
+    main = load_tool("export_lut").main
+    given = ["--config-file", teacher["config"], "--weights", teacher["weights"]]
+    bad = ["--output", str(tmp_path / "bad.pth")]
+    assert "none with --random" in cli_error(capsys, main, given + bad + ["--random"])
+    unweighted = ["--config-file", teacher["config"], "--from-checkpoint", *bad]
+    assert "--weights: expected the teacher's checkpoint" in cli_error(capsys, main, unweighted)
     # A seed is refused where nothing is drawn, rather than silently ignored.
-    with pytest.raises(ValueError, match="--seed is for --random"):
-        _export(teacher, tmp_path / "bad.pth", "--from-checkpoint", "--seed", "3")
+    seeded = given + bad + ["--from-checkpoint", "--seed", "3"]
+    assert "--seed is for --random" in cli_error(capsys, main, seeded)
     assert not (tmp_path / "bad.pth").exists()
 
 
@@ -170,11 +171,11 @@ def test_compute_equals_a_hand_computation_single_and_distributed(teacher, tmp_p
     assert torch.allclose(distributed["lut"], expected, atol=1e-5)
 
 
-def test_dataset_flag_only_for_compute(teacher, tmp_path):
-    with pytest.raises(ValueError, match=r"--dataset is for --compute"):
-        _export(teacher, tmp_path / "lut.pth", "--from-checkpoint", "--dataset", "x")
-    with pytest.raises(ValueError, match=r"--dataset is for --compute"):
-        load_tool("export_lut").main(
-            ["--config-file", teacher["config"], "--random", "--dataset", "x", "--output",
-             str(tmp_path / "random.pth")]
-        )  # fmt: skip
+def test_dataset_flag_only_for_compute(teacher, tmp_path, capsys):
+    main = load_tool("export_lut").main
+    copied = ["--config-file", teacher["config"], "--weights", teacher["weights"], "--output",
+              str(tmp_path / "lut.pth"), "--from-checkpoint", "--dataset", "x"]  # fmt: skip
+    assert "--dataset is for --compute" in cli_error(capsys, main, copied)
+    drawn = ["--config-file", teacher["config"], "--random", "--dataset", "x", "--output",
+             str(tmp_path / "random.pth")]  # fmt: skip
+    assert "--dataset is for --compute" in cli_error(capsys, main, drawn)

@@ -16,7 +16,9 @@ from detectron2.modeling import build_model  # noqa: E402
 from personsearch_kd.data.datasets.builtin import register_mot_person_search  # noqa: E402
 from personsearch_kd.data.datasets.records import set_metadata  # noqa: E402
 
-from helpers import REPO_ROOT, load_tool, set_seed, tiny_cfg  # noqa: E402
+from personsearch_kd.engine import Trainer  # noqa: E402
+
+from helpers import REPO_ROOT, set_seed, tiny_cfg  # noqa: E402
 
 
 @pytest.fixture
@@ -44,7 +46,6 @@ def sample_sets(tmp_path):
 
 
 def test_trainer_test_runs_each_gallery_image_once_with_the_same_results(tmp_path, sample_sets):
-    trainer = load_tool("train_net").Trainer
     cfg = tiny_cfg(18, **{"TEST.DETECTIONS_PER_IMAGE": 20, "MODEL.OIM.NUM_IDS": 13})
     cfg.DATASETS.TEST = sample_sets
     cfg.TEST.PERSON_SEARCH.VIS_QUERIES = 0
@@ -54,8 +55,8 @@ def test_trainer_test_runs_each_gallery_image_once_with_the_same_results(tmp_pat
     model = build_model(cfg).eval()
     plain, plain_rankings = {}, {}
     for name in sample_sets:
-        evaluator = trainer.build_evaluator(cfg, name)
-        loader = trainer.build_test_loader(cfg, name)
+        evaluator = Trainer.build_evaluator(cfg, name)
+        loader = Trainer.build_test_loader(cfg, name)
         plain[name] = inference_on_dataset(model, loader, evaluator)["person_search"]
         plain_rankings[name] = _rankings(tmp_path, name)
     runs = []
@@ -66,7 +67,7 @@ def test_trainer_test_runs_each_gallery_image_once_with_the_same_results(tmp_pat
         return original(batched_inputs)
 
     model.forward = counting
-    results = trainer.test(cfg, model)
+    results = Trainer.test(cfg, model)
     gallery = [r for r in DatasetCatalog.get(sample_sets[0]) if "query_boxes" not in r]
     assert sorted(runs) == sorted(r["file_name"] for r in gallery)  # once each
     for name in sample_sets:

@@ -20,7 +20,7 @@ from detectron2.modeling import build_model  # noqa: E402
 from personsearch_kd.engine import PersonSearchPredictor  # noqa: E402
 from personsearch_kd.search import GalleryIndex, GalleryIndexError  # noqa: E402
 
-from helpers import REPO_ROOT, load_tool, set_seed, tiny_cfg  # noqa: E402
+from helpers import REPO_ROOT, cli_error, load_tool, set_seed, tiny_cfg  # noqa: E402
 
 FRAMES = os.path.join(REPO_ROOT, "datasets", "mot15-ps-sample", "PETS09-S2L1", "img1")
 FPS = 7.0
@@ -192,3 +192,13 @@ def test_two_processes_index_the_same_gallery_as_one(gallery, tmp_path):
         assert np.allclose(double[key][0], features, atol=1e-4), key
         assert np.allclose(double[key][1], boxes, atol=1e-3), key
         assert np.allclose(double[key][2], scores, atol=1e-4), key
+
+
+def test_the_tools_answer_bad_input_in_one_line(gallery, tmp_path, capsys):
+    image = os.path.join(FRAMES, sorted(os.listdir(FRAMES))[0])
+    outside = ["--config-file", gallery["config"], "--index", str(tmp_path), "--query-image",
+               image, "--query-box", "10", "10", "9000", "100", *gallery["opts"]]  # fmt: skip
+    assert "x1 <= 768" in cli_error(capsys, load_tool("search").main, outside)
+    never = ["--config-file", gallery["config"], "--input", gallery["folder"], "--every", "0",
+             "--output", str(tmp_path / "index"), *gallery["opts"]]  # fmt: skip
+    assert "--every must be at least 1" in cli_error(capsys, load_tool("index_gallery").main, never)

@@ -30,6 +30,7 @@ from helpers import (  # noqa: E402
 )
 from personsearch_kd import add_personsearch_config, add_teacher  # noqa: E402
 from personsearch_kd.data.datasets.builtin import register_mot_person_search  # noqa: E402
+from personsearch_kd.engine import train_or_evaluate  # noqa: E402
 from personsearch_kd.layers import load_lut_file, save_lut_file  # noqa: E402
 
 
@@ -104,7 +105,7 @@ def test_kd_reid_config_trains_end_to_end_on_the_shipped_sample(tmp_path, shippe
         + ["SOLVER.MAX_ITER", "3", "SOLVER.WARMUP_ITERS", "0", "DATALOADER.NUM_WORKERS", "0"]
         + ["OUTPUT_DIR", str(output_dir)]
     )
-    load_tool("train_net").main(args)
+    train_or_evaluate(args)
 
     student = torch.load(output_dir / "model_final.pth", weights_only=False)["model"]
     assert torch.equal(student["roi_heads.oim_loss.lut"], load_lut_file(lut_file)["lut"])

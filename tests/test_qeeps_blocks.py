@@ -151,7 +151,9 @@ def test_qeeps_searches_a_pair_and_refuses_plain_inference(tiny_sets):
     pytest.importorskip("detectron2")
     from detectron2.data import DatasetCatalog
     from detectron2.modeling import build_model
-    from helpers import load_tool, model_inputs, set_seed
+    from helpers import model_inputs, set_seed
+
+    from personsearch_kd.engine import Trainer
 
     set_seed(0)
     cfg = _qeeps_cfg(tiny_sets)
@@ -187,23 +189,23 @@ def test_qeeps_searches_a_pair_and_refuses_plain_inference(tiny_sets):
     assert not torch.allclose(first["query_feat"], other_pair["query_feat"], atol=1e-4)
     with pytest.raises(NotImplementedError, match="search_pair"):
         model([gallery])
-    # train_net's Trainer.test evaluates a query-guided model pair by pair, in percent.
+    # The Trainer's test evaluates a query-guided model pair by pair, in percent.
     cfg.DATASETS.TEST = (f"{tiny_sets}_test",)
     cfg.TEST.PERSON_SEARCH.SEARCH_SCORE_THRESH = 0.0
     model.train()
-    results = load_tool("train_net").Trainer.test(cfg, model)["person_search"]
+    results = Trainer.test(cfg, model)["person_search"]
     assert set(results) == {"mAP", "top1", "top5", "top10", "det_AP", "det_recall"}
     assert 0 <= results["mAP"] <= 100 and 0 <= results["det_AP"] <= 100
     assert model.training  # restored after the evaluation
 
 
 def test_evaluate_pairs_runs_a_qeeps_checkpoint_on_every_pair_and_on_a_prefiltered_gallery(
-    tiny_sets, tmp_path
+    tiny_sets, tmp_path, capsys
 ):
     pytest.importorskip("detectron2")
     from detectron2.checkpoint import DetectionCheckpointer
     from detectron2.modeling import build_model
-    from helpers import load_tool, set_seed, tiny_cfg
+    from helpers import cli_error, load_tool, set_seed, tiny_cfg
 
     set_seed(0)
     cfg = _qeeps_cfg(tiny_sets)
@@ -247,17 +249,18 @@ def test_evaluate_pairs_runs_a_qeeps_checkpoint_on_every_pair_and_on_a_prefilter
                   "--prefilter-weights", oim_files[1], "--baseline-config", oim_files[0],
                   "--baseline-weights", oim_files[1]]
     )  # fmt: skip
-    tool = load_tool("evaluate_pairs")
+    from personsearch_kd.engine.pair_evaluation import BASELINE, PREFILTER
+
     name = cfg.DATASETS.TEST[0]
     # Beside the pair scores, the pre-filter's own search of the same kept image, and a second
     # query-agnostic model's (here the same model: the same images give the same search).
-    agnostic = (tool.PREFILTER, tool.BASELINE)
+    agnostic = (PREFILTER, BASELINE)
     assert set(one) == {(name, s) for s in ("query_similarity", "cosine") + agnostic}
-    assert one[(name, tool.BASELINE)]["per_query"] == one[(name, tool.PREFILTER)]["per_query"]
+    assert one[(name, BASELINE)]["per_query"] == one[(name, PREFILTER)]["per_query"]
     for score, r in one.items():
         ranked_images = {image_id for image_id, *_ in r["per_query"][0]["ranked"]}
         assert len(ranked_images) <= 1 and r["per_query"][0]["count_gt"] >= 1
         assert score[1] in agnostic or r["pairs"] == 1
-    with pytest.raises(ValueError, match="go together"):
-        load_tool("evaluate_pairs").main(common + ["--baseline-config", oim_files[0]])
+    lonely = common + ["--baseline-config", oim_files[0]]
+    assert "go together" in cli_error(capsys, load_tool("evaluate_pairs").main, lonely)
     assert {i for i, *_ in results[(cfg.DATASETS.TEST[0], "cosine")]["per_query"][0]["ranked"]}

@@ -2,6 +2,7 @@
 """tools/search_demo.py on the shipped sample (datasets/mot15-ps-sample), untrained model."""
 
 import os
+import re
 import shutil
 
 import pytest
@@ -17,7 +18,7 @@ from detectron2.modeling import build_model  # noqa: E402
 
 from personsearch_kd.engine import PersonSearchPredictor  # noqa: E402
 
-from helpers import REPO_ROOT, load_tool, set_seed, tiny_cfg  # noqa: E402
+from helpers import REPO_ROOT, cli_error, load_tool, set_seed, tiny_cfg  # noqa: E402
 
 SAMPLE = os.path.join(REPO_ROOT, "datasets", "mot15-ps-sample", "PETS09-S2L1", "img1")
 QUERY_IMAGE = os.path.join(SAMPLE, "000401.jpg")
@@ -49,15 +50,13 @@ def test_demo_draws_the_topk_matches_of_the_gallery(tmp_path, checkpoint_and_con
     gallery.mkdir()
     for name in ("000411.jpg", "000421.jpg", "000431.jpg", "000441.jpg"):
         shutil.copy(os.path.join(SAMPLE, name), gallery / name)
-    demo = load_tool("search_demo")
     output = tmp_path / "out" / "matches.jpg"
-    args = demo.get_parser().parse_args(
+    matches = load_tool("search_demo").main(
         ["--config-file", config_file, "--query-image", QUERY_IMAGE, "--query-box"]
         + [str(v) for v in _query_box()]
         + ["--gallery", str(gallery), "--output", str(output), "--topk", "3"]
         + ["--score-thresh", "0.0"]
     )
-    matches = demo.main(args)
 
     # One (the most similar) detection per image, the 3 best images, best first.
     assert len(matches) == 3 and len({m["name"] for m in matches}) == 3
@@ -79,15 +78,12 @@ def test_demo_draws_the_topk_matches_of_the_gallery(tmp_path, checkpoint_and_con
     assert picture.shape == (256 + 28, 4 * 341 + 3 * 8, 3)
 
 
-def test_demo_rejects_a_query_box_outside_the_image(tmp_path, checkpoint_and_config):
+def test_demo_rejects_a_query_box_outside_the_image(tmp_path, checkpoint_and_config, capsys):
     _, config_file = checkpoint_and_config
-    demo = load_tool("search_demo")
-    args = demo.get_parser().parse_args(
-        ["--config-file", config_file, "--query-image", QUERY_IMAGE, "--gallery", SAMPLE]
-        + ["--query-box", "10", "10", "900", "100"]
-    )
-    with pytest.raises(ValueError, match="--query-box .* x1 <= 768"):
-        demo.main(args)
+    argv = ["--config-file", config_file, "--query-image", QUERY_IMAGE, "--gallery", SAMPLE]
+    argv += ["--query-box", "10", "10", "900", "100"]
+    error = cli_error(capsys, load_tool("search_demo").main, argv)
+    assert re.search(r"--query-box .* x1 <= 768", error)
 
 
 def test_search_skips_images_without_a_detection_above_the_threshold(checkpoint_and_config):

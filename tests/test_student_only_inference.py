@@ -18,7 +18,11 @@ from detectron2.modeling import build_model  # noqa: E402
 
 from personsearch_kd.data.datasets.records import query_record, set_metadata  # noqa: E402
 from personsearch_kd import add_teacher  # noqa: E402
-from personsearch_kd.engine import PersonSearchPredictor, build_trained_student  # noqa: E402
+from personsearch_kd.engine import (  # noqa: E402
+    PersonSearchPredictor,
+    build_trained_student,
+    train_or_evaluate,
+)
 from personsearch_kd.layers import save_lut_file  # noqa: E402
 
 from helpers import NUM_IDS, det_teacher, load_tool, set_seed, synthetic_record, tiny_cfg  # noqa
@@ -89,7 +93,7 @@ def test_eval_predictor_and_demo_without_teacher_files(tmp_path, tiny_test_set, 
     args = default_argument_parser().parse_args(
         ["--config-file", str(config_file), "--eval-only", "TEST.PERSON_SEARCH.VIS_QUERIES", "0"]
     )
-    results = load_tool("train_net").main(args)
+    results = train_or_evaluate(args)
     assert (
         0 <= results["person_search"]["mAP"] <= 100
     )  # an untrained model: any value, but a result
@@ -97,7 +101,7 @@ def test_eval_predictor_and_demo_without_teacher_files(tmp_path, tiny_test_set, 
     predictor = PersonSearchPredictor(cfg)
     assert torch.allclose(predictor.embed_query(image, QUERY_BOX), expected, atol=1e-5)
 
-    # The tools' loader (evaluate_pairs, evaluate_two_step, benchmark, export_lut): same student.
+    # The one builder of trained models (every tool, --eval-only, the predictor): same student.
     student = build_trained_student(cfg, cfg.MODEL.WEIGHTS)
     assert not student.training
     with torch.no_grad():
@@ -105,12 +109,11 @@ def test_eval_predictor_and_demo_without_teacher_files(tmp_path, tiny_test_set, 
     assert torch.allclose(loaded, expected, atol=1e-5)
     assert "reid_feats" in predictor(image)["instances"].get_fields()
 
-    demo = load_tool("search_demo")
     output = tmp_path / "matches.jpg"
-    args = demo.get_parser().parse_args(
+    argv = (
         ["--config-file", str(config_file), "--query-image", gallery[1]["file_name"]]
         + ["--query-box", *map(str, QUERY_BOX), "--gallery", str(tmp_path), "--topk", "2"]
         + ["--score-thresh", "0.0", "--output", str(output)]
     )
-    assert len(demo.main(args)) == 2
+    assert len(load_tool("search_demo").main(argv)) == 2
     assert output.is_file()

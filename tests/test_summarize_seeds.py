@@ -1,5 +1,5 @@
 # Copyright (c) personsearch_kd contributors. Licensed under the Apache License 2.0.
-"""tools/summarize_seeds.py on hand-written run directories: the numbers, and the refusals."""
+"""dev/summarize_seeds.py on hand-written run directories: the numbers, and the refusals."""
 
 import json
 import os
@@ -10,7 +10,7 @@ import sys
 import pytest
 import yaml
 
-TOOL = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tools",
+TOOL = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "dev",
                     "summarize_seeds.py")  # fmt: skip
 
 

@@ -1,5 +1,5 @@
 # Copyright (c) personsearch_kd contributors. Licensed under the Apache License 2.0.
-"""Command-line tools run end to end on tiny inputs."""
+"""Command-line tools (tools/) and the lab scripts (dev/) run end to end on tiny inputs."""
 
 import argparse
 import json
@@ -31,7 +31,7 @@ def test_benchmark_train_step_prints_a_row_per_config_and_the_kd_teacher_share(t
         "MODEL.RPN.POST_NMS_TOPK_TRAIN", "50", "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", "16",
     ]  # fmt: skip
     result = subprocess.run(
-        [sys.executable, os.path.join(REPO_ROOT, "tools", "benchmark_train_step.py")]
+        [sys.executable, os.path.join(REPO_ROOT, "dev", "benchmark_train_step.py")]
         + ["--config-file", baseline, str(student), "--height", "96", "--width", "128"]
         + ["--precision", "fp32", "bf16"]
         + ["--batch", "1", "--persons", "2", "--warmup", "0", "--iters", "1"]
@@ -64,7 +64,7 @@ def test_benchmark_train_step_steps_crop_networks_on_their_crop_batches():
         os.path.join(CONFIGS, "mot15", f"reid_crop{v}_R_18_cpu.yaml") for v in ("", "_partial")
     ]
     result = subprocess.run(
-        [sys.executable, os.path.join(REPO_ROOT, "tools", "benchmark_train_step.py")]
+        [sys.executable, os.path.join(REPO_ROOT, "dev", "benchmark_train_step.py")]
         + ["--config-file", *configs, "--warmup", "0", "--iters", "1"]
         + ["SOLVER.IMS_PER_BATCH", "8", "INPUT.REID_CROP.SIZE", "(32, 16)"],
         capture_output=True, text=True, check=True,
@@ -102,7 +102,7 @@ def test_benchmark_trains_evaluates_and_prints_one_row_per_config(tmp_path):
             env=env, check=True, capture_output=True,
         )  # fmt: skip
     benchmark = (
-        [sys.executable, os.path.join(REPO_ROOT, "tools", "benchmark.py"), "--config-files"]
+        [sys.executable, os.path.join(REPO_ROOT, "dev", "benchmark.py"), "--config-files"]
         + [str(f) for f in config_files]
         + ["--opts"] + opts + ["DATASETS.TEST", "('mot15_ps_sample_test',)"]
     )  # fmt: skip
@@ -132,7 +132,7 @@ def test_benchmark_trains_evaluates_and_prints_one_row_per_config(tmp_path):
 
 
 def test_benchmark_reuses_an_evaluation_only_of_the_same_config_and_checkpoint(tmp_path):
-    benchmark = load_tool("benchmark")
+    benchmark = load_tool("benchmark", folder="dev")
     cfg = tiny_cfg(18, OUTPUT_DIR=str(tmp_path))
     checkpoint, json_file = tmp_path / "model_final.pth", tmp_path / "benchmark.json"
     checkpoint.write_bytes(b"weights")
@@ -152,7 +152,7 @@ def test_benchmark_reuses_an_evaluation_only_of_the_same_config_and_checkpoint(t
 def test_benchmark_resumes_an_interrupted_training_from_its_last_checkpoint(tmp_path):
     # A 2-iteration run stands for a training killed at iteration 2 of 4: the benchmark's
     # training command continues it from last_checkpoint instead of starting over.
-    benchmark = load_tool("benchmark")
+    benchmark = load_tool("benchmark", folder="dev")
     config_file = tmp_path / "tiny.yaml"
     config_file.write_text(tiny_cfg(18, OUTPUT_DIR=str(tmp_path / "out")).dump())
     env = dict(os.environ, DETECTRON2_DATASETS=os.path.join(REPO_ROOT, "datasets"))
@@ -190,7 +190,9 @@ def test_benchmark_index_rows_per_type_with_exact_recall_for_flat(tmp_path):
     # A real index's features (Flat) are read back and benchmarked the same way.
     from personsearch_kd.search import GalleryIndex
 
-    feats = load_tool("benchmark_index").synthetic_features(500, 32, seed=1)
+    from personsearch_kd.search.index_benchmark import synthetic_features
+
+    feats = synthetic_features(500, 32, seed=1)
     index = GalleryIndex(32, {"model": "m"})
     index.add(feats, np.zeros((500, 4)), np.ones(500), "image.jpg")
     index.save(str(tmp_path / "real"))
@@ -221,7 +223,7 @@ def test_gpu_session_script_runs_its_steps_at_toy_sizes_on_cpu(tmp_path):
     # The script a GPU session runs, end to end on CPU: benchmarks, a training and its evaluation.
     env = dict(os.environ, OUT=str(tmp_path / "out"), DATASETS=os.path.join(REPO_ROOT, "datasets"))
     subprocess.run(
-        ["bash", os.path.join(REPO_ROOT, "tools", "gpu_session.sh"), "--tiny"],
+        ["bash", os.path.join(REPO_ROOT, "dev", "gpu_session.sh"), "--tiny"],
         env=env, check=True, capture_output=True, text=True,
     )  # fmt: skip
     out = tmp_path / "out"
@@ -239,7 +241,7 @@ def test_benchmark_train_step_under_two_processes_times_the_oim_memory_sync():
     # profiler label.
     baseline = os.path.join(CONFIGS, "scratch", "oim_R_18_C4_scratch.yaml")
     result = subprocess.run(
-        [sys.executable, os.path.join(REPO_ROOT, "tools", "benchmark_train_step.py")]
+        [sys.executable, os.path.join(REPO_ROOT, "dev", "benchmark_train_step.py")]
         + ["--config-file", baseline, "--height", "96", "--width", "128", "--num-gpus", "2"]
         + ["--batch", "1", "--persons", "2", "--warmup", "0", "--iters", "2"]
         + ["MODEL.DEVICE", "cpu", "MODEL.OIM.NUM_IDS", "4", "MODEL.OIM.QUEUE_SIZE", "8"]
@@ -334,10 +336,12 @@ def test_benchmark_inference_times_seqnet_from_a_checkout_without_downloading(tm
 def test_calibrated_batchnorm_statistics_come_from_the_inputs_and_end_in_eval_mode():
     import torch
 
+    from personsearch_kd.engine.inference_benchmark import calibrate_batchnorm
+
     model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 1), torch.nn.BatchNorm2d(4)).eval()
     model[0].bias.data.fill_(5.0)  # outputs centred near 5, not at the initial mean 0
     images = torch.randn(2, 3, 8, 8)
-    load_tool("benchmark_inference").calibrate_batchnorm(model, images, passes=2)
+    calibrate_batchnorm(model, images, passes=2)
     norm = model[1]
     assert not norm.training and norm.num_batches_tracked == 2
     expected = model[0](images).transpose(0, 1).reshape(4, -1).mean(dim=1)
@@ -351,7 +355,7 @@ def test_benchmark_train_step_steps_seqnet_on_the_same_batch_with_its_labels(tmp
     for name, text in SEQNET_STAND_IN.items():
         (root / name).parent.mkdir(parents=True, exist_ok=True)
         (root / name).write_text(text)
-    tool = load_tool("benchmark_train_step")
+    tool = load_tool("benchmark_train_step", folder="dev")
     args = argparse.Namespace(
         seqnet_root=str(root), seqnet_device="cpu", height=96, width=128, batch=2, persons=4
     )

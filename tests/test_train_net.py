@@ -1,8 +1,13 @@
 # Copyright (c) personsearch_kd contributors. Licensed under the Apache License 2.0.
-"""tools/train_net.py end to end on a tiny registered dataset: train, checkpoint, resume."""
+"""
+The training behind tools/train_net.py (personsearch_kd.engine) end to end on a tiny registered
+dataset: train, checkpoint, resume; and the script's command line.
+"""
 
 import json
 import os
+import subprocess
+import sys
 
 import pytest
 
@@ -13,7 +18,9 @@ import torch  # noqa: E402
 from detectron2.data import DatasetCatalog, MetadataCatalog  # noqa: E402
 from detectron2.engine import default_argument_parser  # noqa: E402
 
-from helpers import load_tool, synthetic_record, tiny_cfg  # noqa: E402
+from personsearch_kd.engine import Trainer, setup_from_args, train_or_evaluate  # noqa: E402
+
+from helpers import REPO_ROOT, synthetic_record, tiny_cfg  # noqa: E402
 
 
 @pytest.fixture
@@ -31,7 +38,6 @@ def tiny_dataset(tmp_path):
 
 
 def test_train_then_resume_keeps_oim_memory(tmp_path, tiny_dataset):
-    train_net = load_tool("train_net")
     config_file = tmp_path / "tiny.yaml"
     config_file.write_text(tiny_cfg(18).dump())
     output_dir = tmp_path / "output"
@@ -57,7 +63,7 @@ def test_train_then_resume_keeps_oim_memory(tmp_path, tiny_dataset):
     ]
     parser = default_argument_parser()
     args = parser.parse_args(["--config-file", str(config_file), *common, "SOLVER.MAX_ITER", "2"])
-    train_net.main(args)
+    train_or_evaluate(args)
 
     first = torch.load(output_dir / "model_final.pth", weights_only=False)
     assert first["iteration"] == 1
@@ -74,7 +80,7 @@ def test_train_then_resume_keeps_oim_memory(tmp_path, tiny_dataset):
     resumed_args = parser.parse_args(
         ["--config-file", str(config_file), "--resume", *common, "SOLVER.MAX_ITER", "4"]
     )
-    trainer = train_net.Trainer(train_net.setup(resumed_args))
+    trainer = Trainer(setup_from_args(resumed_args))
     trainer.resume_or_load(resume=True)
     assert trainer.start_iter == 2
     oim = trainer.model.roi_heads.oim_loss
@@ -85,3 +91,17 @@ def test_train_then_resume_keeps_oim_memory(tmp_path, tiny_dataset):
     final = torch.load(output_dir / "model_final.pth", weights_only=False)
     assert final["iteration"] == 3
     assert not torch.equal(final["model"]["roi_heads.oim_loss.lut"], lut)
+
+
+def test_the_script_answers_help_and_bad_input_in_one_line(tmp_path):
+    script = os.path.join(REPO_ROOT, "tools", "train_net.py")
+    usage = subprocess.run(
+        [sys.executable, script, "--help"], capture_output=True, text=True, check=True
+    )
+    assert "--config-file" in usage.stdout and "--eval-only" in usage.stdout
+    missing = str(tmp_path / "missing.yaml")
+    bad = subprocess.run(
+        [sys.executable, script, "--config-file", missing], capture_output=True, text=True
+    )
+    assert bad.returncode == 2
+    assert bad.stderr.strip().splitlines()[-1] == f"error: --config-file {missing}: no such file"

@@ -23,86 +23,24 @@ missing, and refuses a D made with another config, weights or --batch-size.
 
 import argparse
 
-from detectron2.data import DatasetMapper
 from detectron2.utils import comm
 
-from personsearch_kd import load_config
-from personsearch_kd.engine import add_launcher_arguments, build_trained_student, launch_from_args
-from personsearch_kd.evaluation import (
-    PAIR_SCORES,
-    PairCache,
-    pair_cache_key,
-    pair_search,
-    prefilter_search,
-    restricted_search,
-)
-
-# The row of the pre-filter's own search of the images it keeps (--top-n): the baseline that the
-# restricted pair evaluation compares with, the same candidates without the query's guidance.
-PREFILTER = "prefilter (query-agnostic)"
-# The row of --baseline-weights' search of the same images (all of them without --top-n).
-BASELINE = "baseline (query-agnostic)"
-
-
-def _model(config_file, weights, opts=()):
-    cfg = load_config(config_file, opts)
-    return cfg, build_trained_student(cfg, weights)
-
-
-def evaluate(args):
-    """
-    {(dataset, score): pair_search's results}; with --top-n also (dataset, PREFILTER), with
-    --baseline-weights also (dataset, BASELINE).
-    """
-    if bool(args.baseline_config) != bool(args.baseline_weights):
-        raise ValueError("--baseline-config and --baseline-weights go together")
-    if args.top_n and not (args.prefilter_config and args.prefilter_weights):
-        raise ValueError("--top-n needs --prefilter-config and --prefilter-weights")
-    cfg, model = _model(args.config_file, args.weights, args.opts)
-    mapper = DatasetMapper(cfg, False)
-    # The query-agnostic models are built once for all test sets.
-    prefilter = _model(args.prefilter_config, args.prefilter_weights) if args.top_n else None
-    baseline = (
-        _model(args.baseline_config, args.baseline_weights) if args.baseline_weights else None
-    )
-    # The evaluator's score thresholds: (search, detection AP).
-    search = cfg.TEST.PERSON_SEARCH
-    thresh = (search.SEARCH_SCORE_THRESH, search.DETECTION_SCORE_THRESH)
-    key = pair_cache_key(cfg, args.weights, args.batch_size) if args.cache_dir else None
-    results = {}
-    for dataset in args.dataset or cfg.DATASETS.TEST:
-        cache = PairCache(args.cache_dir, dataset, key) if args.cache_dir else None
-        top = None
-        if prefilter:
-            pre_cfg, pre_model = prefilter
-            top, results[(dataset, PREFILTER)] = prefilter_search(
-                pre_model, dataset, DatasetMapper(pre_cfg, False), args.top_n, *thresh
-            )
-        if baseline:
-            base_cfg, base_model = baseline
-            results[(dataset, BASELINE)] = restricted_search(
-                base_model, dataset, DatasetMapper(base_cfg, False), top, *thresh
-            )
-        found = pair_search(
-            model, dataset, mapper, args.score, args.batch_size, thresh[0], top, thresh[1], cache
-        )
-        results.update({(dataset, score): r for score, r in found.items()})
-    return results
+from personsearch_kd.engine import add_launcher_arguments, launch_from_args, load_trained_student
+from personsearch_kd.engine.command_line import one_line_errors
+from personsearch_kd.engine.pair_evaluation import evaluate_query_guided
+from personsearch_kd.evaluation import PAIR_SCORES
 
 
 def build_parser():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = one_line_errors(argparse.ArgumentParser(description=__doc__.split("\n\n")[0]))
     parser.add_argument("--config-file", required=True, help="a query-guided model's config")
     parser.add_argument("--weights", required=True)
     parser.add_argument("--dataset", action="append", help="a test set, repeatable")
     parser.add_argument(
-        "--score",
-        nargs="+",
-        default=["query_similarity"],
-        choices=PAIR_SCORES,
+        "--score", nargs="+", default=["query_similarity"], choices=PAIR_SCORES,
         help="rank by QSimNet's probability or by the pair-conditioned ID features' cosine "
         "(both from the same pair passes)",
-    )
+    )  # fmt: skip
     parser.add_argument("--batch-size", type=int, default=4, help="pairs per forward pass")
     parser.add_argument(
         "--cache-dir", help="save the pair results here as they come; a rerun resumes from them"
@@ -120,7 +58,20 @@ def build_parser():
 
 
 def evaluate_and_print(args):
-    results = evaluate(args)
+    cfg, model = load_trained_student(args.config_file, args.weights, args.opts)
+    # The query-agnostic models are built once for all test sets.
+    prefilter = (
+        load_trained_student(args.prefilter_config, args.prefilter_weights) if args.top_n else None
+    )
+    baseline = (
+        load_trained_student(args.baseline_config, args.baseline_weights)
+        if args.baseline_weights
+        else None
+    )
+    results = evaluate_query_guided(
+        cfg, model, args.weights, args.dataset or cfg.DATASETS.TEST, args.score, args.batch_size,
+        args.cache_dir, args.top_n, prefilter, baseline,
+    )  # fmt: skip
     if not comm.is_main_process():
         return {}
     print(
@@ -145,7 +96,13 @@ def evaluate_and_print(args):
 
 def main(argv=None):
     """The results, when run in this process (one process); printed either way."""
-    return launch_from_args(evaluate_and_print, build_parser().parse_args(argv))
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if bool(args.baseline_config) != bool(args.baseline_weights):
+        parser.error("--baseline-config and --baseline-weights go together")
+    if args.top_n and not (args.prefilter_config and args.prefilter_weights):
+        parser.error("--top-n needs --prefilter-config and --prefilter-weights")
+    return launch_from_args(evaluate_and_print, args)
 
 
 if __name__ == "__main__":

@@ -14,39 +14,34 @@ Two-step person search: a detector's boxes (e.g. DET_18 / DET_50), then a re-ID 
 
 import argparse
 
-from detectron2.data import build_detection_test_loader
 from detectron2.evaluation import inference_on_dataset
 
-from personsearch_kd import load_config
-from personsearch_kd.engine import build_trained_student
-from personsearch_kd.evaluation import PersonSearchEvaluator, TwoStepSearch
-
-
-def _model(config_file, weights, opts=()):
-    cfg = load_config(config_file, opts)
-    return cfg, build_trained_student(cfg, weights)
+from personsearch_kd.engine import load_trained_student
+from personsearch_kd.engine.command_line import one_line_errors
+from personsearch_kd.evaluation import (
+    TwoStepSearch,
+    build_person_search_evaluator,
+    build_person_search_test_loader,
+)
 
 
 def evaluate(args):
     """{dataset: the evaluator's person_search results} of the two-step model."""
-    det_cfg, detector = _model(args.detector_config, args.detector_weights, args.opts)
-    reid_cfg, reid = _model(args.reid_config, args.reid_weights)
+    # The detector's config evaluates the pair: searching, even where it is a DET config.
+    opts = list(args.opts) + ["TEST.PERSON_SEARCH.DETECTION_ONLY", "False"]
+    det_cfg, detector = load_trained_student(args.detector_config, args.detector_weights, opts)
+    reid_cfg, reid = load_trained_student(args.reid_config, args.reid_weights)
     model = TwoStepSearch(detector, reid, reid_cfg.INPUT.FORMAT)
     results = {}
     for dataset in args.dataset or det_cfg.DATASETS.TEST:
-        evaluator = PersonSearchEvaluator(
-            dataset,
-            search_score_thresh=det_cfg.TEST.PERSON_SEARCH.SEARCH_SCORE_THRESH,
-            detection_score_thresh=det_cfg.TEST.PERSON_SEARCH.DETECTION_SCORE_THRESH,
-            distributed=False,
-        )
-        loader = build_detection_test_loader(det_cfg, dataset)
+        loader = build_person_search_test_loader(det_cfg, dataset)
+        evaluator = build_person_search_evaluator(det_cfg, dataset)
         results[dataset] = inference_on_dataset(model, loader, evaluator)["person_search"]
     return results
 
 
 def build_parser():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = one_line_errors(argparse.ArgumentParser(description=__doc__.split("\n\n")[0]))
     parser.add_argument("--detector-config", required=True)
     parser.add_argument("--detector-weights", required=True)
     parser.add_argument("--reid-config", required=True, help="a CropReIDNet config")
@@ -59,8 +54,7 @@ def build_parser():
 
 
 def main(argv=None):
-    args = build_parser().parse_args(argv)
-    results = evaluate(args)
+    results = evaluate(build_parser().parse_args(argv))
     print("| dataset | mAP | top-1 | det AP | recall |")
     print("|---|---|---|---|---|")
     for dataset, r in results.items():

@@ -18,31 +18,18 @@ hold; a later run with more inputs adds only the new ones.
 """
 
 import argparse
-import logging
-import os
-import shutil
-from typing import Iterator, List
 
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
-from tqdm import tqdm
 
 from personsearch_kd import load_config
 from personsearch_kd.engine import PersonSearchPredictor, add_launcher_arguments, launch_from_args
-from personsearch_kd.search import (
-    GalleryIndex,
-    count_sources,
-    expand_inputs,
-    model_fingerprint,
-    prefetch,
-    read_sources,
-)
-
-logger = logging.getLogger("personsearch_kd.index_gallery")
+from personsearch_kd.engine.command_line import one_line_errors
+from personsearch_kd.search import index_gallery
 
 
 def build_parser():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = one_line_errors(argparse.ArgumentParser(description=__doc__.split("\n\n")[0]))
     parser.add_argument("--config-file", required=True, help="the person-search model's config")
     parser.add_argument(
         "--input", required=True, nargs="+", help="folders, glob patterns, .txt lists, videos"
@@ -59,101 +46,23 @@ def build_parser():
     return parser
 
 
-def _batches(items: Iterator, size: int) -> Iterator[List]:
-    batch = []
-    for item in items:
-        batch.append(item)
-        if len(batch) == size:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
-
-
-def _open(directory, model, dim, cfg, factory=None):
-    """The index in ``directory`` if there is one (it must be of ``model``), else a new one."""
-    if os.path.isfile(os.path.join(directory, "index.json")):
-        return GalleryIndex.load(directory, model)
-    index_cfg = cfg.GALLERY_INDEX
-    return GalleryIndex(
-        dim,
-        model,
-        factory or index_cfg.FACTORY,
-        index_cfg.SEARCH_PARAMS,
-        index_cfg.TRAIN_SIZE,
-    )
-
-
-def index_shard(args) -> None:
-    """One process's share of the sources into its exact shard, then the merge on the main one."""
+def index(args) -> None:
+    """One process's part: its share of the images, then (main process) the merge."""
     setup_logger(name="personsearch_kd", distributed_rank=comm.get_rank())
     cfg = load_config(args.config_file, args.opts)
-    files = expand_inputs(args.input)
-    rank, world = comm.get_rank(), comm.get_world_size()
-    model = model_fingerprint(cfg)
-    predictor = PersonSearchPredictor(cfg)
-    dim = cfg.MODEL.OIM.EMBED_DIM
-    final = _open(args.output, model, dim, cfg) if os.path.isdir(args.output) else None
-    shard_dir = os.path.join(args.output, "shards", f"{rank}-of-{world}")
-    shard = _open(shard_dir, model, dim, cfg, factory="Flat")
-    position = {"n": 0}  # sources in reading order: process rank takes every world-th one
-
-    def wanted(path, frame):
-        mine = position["n"] % world == rank
-        position["n"] += 1
-        done = shard.has_source(path, frame) or (
-            final is not None and final.has_source(path, frame)
-        )
-        return mine and not done
-
-    total = count_sources(files, args.every)
-    logger.info(f"{total} images and frames, shared by {world} processes")
-    thresh = cfg.TEST.PERSON_SEARCH.SEARCH_SCORE_THRESH
-    finished = shard.num_sources + (final.num_sources if final is not None else 0) // world
-    progress = tqdm(
-        total=total // world,
-        initial=finished,
-        disable=not comm.is_main_process(),
-        desc="indexing",
-    )
-    since_save = 0
-    for batch in _batches(prefetch(read_sources(files, args.every, wanted)), args.batch_size):
-        for source, instances in zip(batch, predictor.detect_batch([s.image for s in batch])):
-            instances = instances[instances.scores >= thresh]
-            shard.add(
-                instances.reid_feats.numpy(),
-                instances.pred_boxes.tensor.numpy(),
-                instances.scores.numpy(),
-                source.path,
-                source.frame,
-                source.time,
-                args.camera,
-            )
-        progress.update(len(batch))
-        since_save += len(batch)
-        if since_save >= args.save_every:
-            shard.save(shard_dir)
-            since_save = 0
-    progress.close()
-    shard.save(shard_dir)
-    comm.synchronize()
-    if not comm.is_main_process():
-        return
-    final = _open(args.output, model, dim, cfg)
-    if cfg.GALLERY_INDEX.GPU:
-        final.to_gpus()  # training and adding an IVF index is where a GPU pays
-    for name in sorted(os.listdir(os.path.join(args.output, "shards"))):
-        final.merge(GalleryIndex.load(os.path.join(args.output, "shards", name), model))
-    final.save(args.output)
-    shutil.rmtree(os.path.join(args.output, "shards"))
-    logger.info(
-        f"{args.output}: {len(final)} detections of {final.num_sources} images and frames "
-        f"({final.factory})"
-    )
+    index_gallery(
+        cfg, PersonSearchPredictor(cfg), args.input, args.output, args.every, args.camera,
+        args.save_every, args.batch_size,
+    )  # fmt: skip
 
 
 def main(argv=None):
-    launch_from_args(index_shard, build_parser().parse_args(argv))
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    for name in ("every", "save_every", "batch_size"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be at least 1")
+    launch_from_args(index, args)
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ import shutil
 from PIL import Image
 
 from personsearch_kd.data.datasets.mot import read_seqinfo
+from personsearch_kd.engine.command_line import one_line_errors
 
 
 def make_sample(src: str, dst: str, every: int, quality: int) -> dict:
@@ -50,13 +51,17 @@ def make_sample(src: str, dst: str, every: int, quality: int) -> dict:
     return kept
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def main(argv=None):
+    parser = one_line_errors(argparse.ArgumentParser(description=__doc__.split("\n\n")[0]))
     parser.add_argument("--src", required=True, help="MOTChallenge person-search folder")
     parser.add_argument("--dst", required=True, help="output folder")
     parser.add_argument("--every", type=int, default=2, help="keep every N-th frame")
     parser.add_argument("--quality", type=int, default=80, help="JPEG quality of the copies")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    if not os.path.isfile(os.path.join(args.src, "split.json")):
+        parser.error(f"--src {args.src}: no split.json, not a MOTChallenge person-search folder")
+    if args.every < 1:
+        parser.error("--every must be at least 1")
     for seq, count in make_sample(args.src, args.dst, args.every, args.quality).items():
         print(f"{seq}: {count} frames")
 

@@ -12,31 +12,32 @@ each captioned with its source, frame and time).
 
 import argparse
 import json
-import math
 import os
 
 import cv2
 from tabulate import tabulate
 
-
 from personsearch_kd import load_config
 from personsearch_kd.engine import PersonSearchPredictor
-from personsearch_kd.search import GalleryIndex, model_fingerprint
+from personsearch_kd.engine.command_line import one_line_errors, query_box_problem
+from personsearch_kd.search import (
+    GalleryIndex,
+    model_fingerprint,
+    read_source_image,
+    source_caption,
+)
 from personsearch_kd.utils import draw_ranked_matches
 
 
 def build_parser():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = one_line_errors(argparse.ArgumentParser(description=__doc__.split("\n\n")[0]))
     parser.add_argument("--config-file", required=True, help="the model the index was built with")
     parser.add_argument("--index", required=True, help="the index directory")
     parser.add_argument("--query-image", required=True, help="an image, or a crop of the person")
     parser.add_argument(
-        "--query-box",
-        nargs=4,
-        type=float,
-        metavar=("X0", "Y0", "X1", "Y1"),
+        "--query-box", nargs=4, type=float, metavar=("X0", "Y0", "X1", "Y1"),
         help="the person's box in --query-image (default: the whole image is the crop)",
-    )
+    )  # fmt: skip
     parser.add_argument("--topk", type=int, default=10)
     parser.add_argument("--all-boxes", action="store_true", help="several matches per image")
     parser.add_argument("--camera", nargs="+", help="only these cameras")
@@ -50,53 +51,22 @@ def build_parser():
     return parser
 
 
-def _source_image(match):
-    """The RGB image or video frame of a match."""
-    if match["frame"] < 0:
-        image = cv2.imread(match["path"], cv2.IMREAD_COLOR)
-    else:
-        capture = cv2.VideoCapture(match["path"])
-        capture.set(cv2.CAP_PROP_POS_FRAMES, match["frame"])
-        image = capture.read()[1]
-        capture.release()
-    if image is None:
-        raise FileNotFoundError(f"{match['path']} (frame {match['frame']}): cannot be read")
-    return image[:, :, ::-1]
-
-
 def _caption(match):
-    name = os.path.basename(match["path"])
-    if match["frame"] >= 0:
-        time = "" if math.isnan(match["time"]) else f" {match['time']:.1f}s"
-        name += f" #{match['frame']}{time}"
-    return name
+    return source_caption(match["path"], match["frame"], match["time"])
 
 
-def search(args):
+def search(args, query_image, box):
     cfg = load_config(args.config_file, args.opts)
     model = model_fingerprint(cfg)
     index = GalleryIndex.load(args.index, model)
     if cfg.GALLERY_INDEX.GPU:
         index.to_gpus()
     index.set_search_params(args.search_params)
-    query_image = cv2.imread(args.query_image, cv2.IMREAD_COLOR)
-    if query_image is None:
-        raise FileNotFoundError(f"--query-image {args.query_image}: cannot be read")
-    height, width = query_image.shape[:2]
-    box = args.query_box or [0.0, 0.0, float(width), float(height)]
-    if not (0 <= box[0] < box[2] <= width and 0 <= box[1] < box[3] <= height):
-        raise ValueError(
-            f"--query-box {box}: expected 0 <= x0 < x1 <= {width} and 0 <= y0 < y1 <= {height}"
-        )
     feature = PersonSearchPredictor(cfg).embed_query(query_image, box).numpy()
     (matches,) = index.search(
-        feature,
-        model,
-        args.topk,
-        per_image=not args.all_boxes,
-        cameras=args.camera,
+        feature, model, args.topk, per_image=not args.all_boxes, cameras=args.camera,
         time_range=args.time_range,
-    )
+    )  # fmt: skip
     if args.json:
         print(json.dumps(matches, indent=1))
     else:
@@ -107,7 +77,10 @@ def search(args):
         headers = ["rank", "source", "camera", "box", "similarity"]
         print(tabulate(rows, headers=headers, floatfmt=".3f", tablefmt="pipe"))
     if args.output:
-        panels = [dict(m, image=_source_image(m), caption=_caption(m)) for m in matches]
+        panels = [
+            dict(m, image=read_source_image(m["path"], m["frame"])[:, :, ::-1], caption=_caption(m))
+            for m in matches
+        ]
         picture = draw_ranked_matches(query_image[:, :, ::-1], box, panels)
         os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
         cv2.imwrite(args.output, picture[:, :, ::-1])
@@ -115,7 +88,17 @@ def search(args):
 
 
 def main(argv=None):
-    return search(build_parser().parse_args(argv))
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    query_image = cv2.imread(args.query_image, cv2.IMREAD_COLOR)
+    if query_image is None:
+        parser.error(f"--query-image {args.query_image}: cannot be read")
+    height, width = query_image.shape[:2]
+    box = args.query_box or [0.0, 0.0, float(width), float(height)]
+    problem = query_box_problem(box, width, height, args.query_image)
+    if problem:
+        parser.error(problem)
+    return search(args, query_image, box)
 
 
 if __name__ == "__main__":

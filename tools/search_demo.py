@@ -19,13 +19,14 @@ from tabulate import tabulate
 
 from personsearch_kd import load_config
 from personsearch_kd.engine import PersonSearchPredictor
+from personsearch_kd.engine.command_line import one_line_errors, query_box_problem
 from personsearch_kd.utils import draw_ranked_matches
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")
 
 
-def get_parser():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def build_parser():
+    parser = one_line_errors(argparse.ArgumentParser(description=__doc__.split("\n\n")[0]))
     parser.add_argument("--config-file", required=True, metavar="FILE")
     parser.add_argument("--query-image", required=True, metavar="FILE")
     parser.add_argument(
@@ -52,17 +53,8 @@ def gallery_images(folder: str):
         yield os.path.join(folder, name), read_image(os.path.join(folder, name), format="BGR")
 
 
-def main(args):
-    cfg = load_config(args.config_file, args.opts)
-    query_image = read_image(args.query_image, format="BGR")
-    height, width = query_image.shape[:2]
-    x0, y0, x1, y1 = args.query_box
-    if not (0 <= x0 < x1 <= width and 0 <= y0 < y1 <= height):
-        raise ValueError(
-            f"--query-box {args.query_box}: expected 0 <= x0 < x1 <= {width} and "
-            f"0 <= y0 < y1 <= {height} (pixels of {args.query_image})"
-        )
-    predictor = PersonSearchPredictor(cfg)
+def search_and_draw(args, query_image):
+    predictor = PersonSearchPredictor(load_config(args.config_file, args.opts))
     matches = predictor.search(
         query_image, args.query_box, gallery_images(args.gallery), args.topk, args.score_thresh
     )
@@ -71,17 +63,12 @@ def main(args):
             f"{args.gallery}: no detection scored >= {args.score_thresh}; is MODEL.WEIGHTS a "
             "trained person-search checkpoint? (--score-thresh lowers the bar)"
         )
-    print(
-        tabulate(
-            [
-                (i + 1, m["name"], [round(v, 1) for v in m["box"]], m["score"], m["det_score"])
-                for i, m in enumerate(matches)
-            ],
-            headers=["rank", "image", "box", "similarity", "det score"],
-            floatfmt=".3f",
-            tablefmt="pipe",
-        )
-    )
+    rows = [
+        (i + 1, m["name"], [round(v, 1) for v in m["box"]], m["score"], m["det_score"])
+        for i, m in enumerate(matches)
+    ]
+    headers = ["rank", "image", "box", "similarity", "det score"]
+    print(tabulate(rows, headers=headers, floatfmt=".3f", tablefmt="pipe"))
     picture = draw_ranked_matches(
         query_image[:, :, ::-1],
         args.query_box,
@@ -93,5 +80,16 @@ def main(args):
     return matches
 
 
+def main(argv=None):
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    query_image = read_image(args.query_image, format="BGR")
+    height, width = query_image.shape[:2]
+    problem = query_box_problem(args.query_box, width, height, args.query_image)
+    if problem:
+        parser.error(problem)
+    return search_and_draw(args, query_image)
+
+
 if __name__ == "__main__":
-    main(get_parser().parse_args())
+    main()  # pragma: no cover

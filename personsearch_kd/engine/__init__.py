@@ -2,15 +2,21 @@
 from .checkpoint import SafeCheckpointer, non_finite_tensors
 from .hooks import PeakMemory, peak_memory_gb
 from .launcher import add_launcher_arguments, launch_from_args
-from .predictor import PersonSearchPredictor, build_trained_student
+from .predictor import PersonSearchPredictor
+from .trained_model import build_trained_student, load_trained_student
+from .trainer import Trainer, setup_from_args, train_or_evaluate
 
 __all__ = [
     "PeakMemory",
     "PersonSearchPredictor",
     "SafeCheckpointer",
+    "Trainer",
     "add_launcher_arguments",
     "build_trained_student",
     "launch_from_args",
+    "load_trained_student",
     "non_finite_tensors",
     "peak_memory_gb",
+    "setup_from_args",
+    "train_or_evaluate",
 ]

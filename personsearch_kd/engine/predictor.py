@@ -4,25 +4,13 @@ from typing import Dict, Iterable, List, Sequence, Tuple
 import numpy as np
 import torch
 
-from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.data import MetadataCatalog
+from detectron2.data import transforms as T
 from detectron2.engine import DefaultPredictor
-from detectron2.modeling import build_model
 
-from ..config import student_config
+from .trained_model import build_trained_student
 
-__all__ = ["PersonSearchPredictor", "build_trained_student"]
-
-
-def build_trained_student(cfg, weights: str = "") -> torch.nn.Module:
-    """
-    The student of ``cfg`` alone (:func:`student_config`: no teacher is built, so teacher files
-    may be gone), in eval mode, with ``weights`` loaded (a detectron2 checkpoint; nothing is
-    loaded when empty). For the evaluation and export tools.
-    """
-    model = build_model(student_config(cfg)).eval()
-    if weights:
-        DetectionCheckpointer(model).load(weights)
-    return model
+__all__ = ["PersonSearchPredictor"]
 
 
 class PersonSearchPredictor(DefaultPredictor):
@@ -32,12 +20,20 @@ class PersonSearchPredictor(DefaultPredictor):
     ``reid_feats``; :meth:`embed_query` embeds a given box; :meth:`search` ranks a gallery.
     For demos and small galleries: every gallery image is run once per call.
 
-    A distillation config gives its student alone (:func:`student_config`): teacher files are
-    not needed.
+    A distillation config gives its student alone (:func:`build_trained_student`): teacher files
+    are not needed.
     """
 
     def __init__(self, cfg):
-        super().__init__(student_config(cfg))
+        # DefaultPredictor.__init__'s fields, with the model of the tools' one builder.
+        self.cfg = cfg.clone()
+        self.model = build_trained_student(cfg, cfg.MODEL.WEIGHTS)
+        if len(cfg.DATASETS.TEST):
+            self.metadata = MetadataCatalog.get(cfg.DATASETS.TEST[0])
+        self.aug = T.ResizeShortestEdge(
+            [cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MIN_SIZE_TEST], cfg.INPUT.MAX_SIZE_TEST
+        )
+        self.input_format = cfg.INPUT.FORMAT
 
     def _inputs(self, original_image: np.ndarray) -> Dict:
         if self.input_format == "RGB":

@@ -2,7 +2,8 @@
 """
 The two ways of getting a teacher's identity table for KD_reid (Munjal et al., BMVC 2019): copy
 the LUT buffer of an OIM-family checkpoint (section 4.2), or compute it from any teacher's
-features on the labeled training boxes (section 6). ``tools/export_lut.py`` is the command line.
+features on the labeled training boxes (section 6); and the control without a teacher, a seeded
+random table. ``tools/export_lut.py`` is the command line of :func:`export_lut`.
 """
 
 import logging
@@ -10,17 +11,28 @@ from typing import Dict, List, Optional, Tuple
 
 import torch
 
-from detectron2.data import build_detection_test_loader
+from detectron2.data import DatasetCatalog, build_detection_test_loader
 from detectron2.evaluation import inference_context
 from detectron2.structures import BoxMode
 from detectron2.utils import comm
 
 from ..data import PersonSearchDatasetMapper
+from ..layers.lut_file import identity_means, random_lut, save_lut_file
+from .trained_model import build_trained_student
 
-__all__ = ["OIM_LUT_KEY", "lut_from_checkpoint", "labeled_box_queries", "teacher_box_features"]
+__all__ = [
+    "LUT_METHODS",
+    "OIM_LUT_KEY",
+    "export_lut",
+    "labeled_box_queries",
+    "lut_from_checkpoint",
+    "teacher_box_features",
+]
 
 # Where OIMROIHeads keeps its table in a checkpoint's "model" state dict.
 OIM_LUT_KEY = "roi_heads.oim_loss.lut"
+# The "method" of a LUT file: how its table was made.
+LUT_METHODS = ("from_checkpoint", "compute", "random")
 
 logger = logging.getLogger(__name__)
 
@@ -124,3 +136,49 @@ def teacher_box_features(
     feats = [f for rank_feats, _ in gathered for f in rank_feats]
     pids = [p for _, rank_pids in gathered for p in rank_pids]
     return torch.cat(feats), torch.cat(pids)
+
+
+def export_lut(
+    cfg,
+    output: str,
+    method: str,
+    seed: int = 0,
+    datasets: Optional[List[str]] = None,
+    lut_key: str = OIM_LUT_KEY,
+) -> None:
+    """
+    Write the LUT file (personsearch_kd/layers/lut_file.py) of the teacher ``cfg`` with its
+    checkpoint in MODEL.WEIGHTS, on the main process; run it in every process of a launch
+    ("compute" shares the images among them).
+
+    Args:
+        method: "from_checkpoint" (copy the checkpoint's ``lut_key`` buffer), "compute" (the
+            mean feature of each labeled identity of ``datasets``, default DATASETS.TRAIN) or
+            "random" (``seed``'s unit rows of MODEL.OIM.NUM_IDS x EMBED_DIM, no teacher).
+    """
+    weights = cfg.MODEL.WEIGHTS
+    if method == "compute":
+        dataset = list(datasets or cfg.DATASETS.TRAIN)
+        queries = labeled_box_queries([d for name in dataset for d in DatasetCatalog.get(name)])
+        # A distilled teacher needs no teacher of its own.
+        model = build_trained_student(cfg, weights)
+        result = teacher_box_features(model, queries, cfg, cfg.DATALOADER.NUM_WORKERS)
+        if result is None:  # not the main process
+            return
+        feats, pids = result
+        # One row per labeled identity of the training sets, in id order: the student's OIM
+        # uses the person id as its LUT row.
+        person_ids = sorted({pid for q in queries for pid in q["query_pids"]})
+        lut = identity_means(feats, pids, person_ids)
+        logger.info(f"Embedded {len(pids)} labeled boxes of {len(person_ids)} identities")
+    else:
+        if method == "from_checkpoint":
+            lut = lut_from_checkpoint(weights, lut_key)
+        else:
+            lut = random_lut(cfg.MODEL.OIM.NUM_IDS, cfg.MODEL.OIM.EMBED_DIM, seed)
+        # One row per id the student's OIM can see, in id order, as a checkpoint's LUT.
+        dataset, person_ids = list(cfg.DATASETS.TRAIN), range(len(lut))
+    if comm.is_main_process():
+        source = weights or f"seed {seed}"
+        save_lut_file(output, lut, dataset, person_ids, method, cfg.dump(), source)
+        logger.info(f"Wrote {output}: {tuple(lut.shape)} LUT of {dataset} ({method}, {source})")

@@ -5,6 +5,7 @@ from importlib.util import find_spec
 from .metrics import average_precision, box_iou, detection_metrics, search_metrics
 
 if find_spec("detectron2") is not None:
+    from .build import build_person_search_evaluator, build_person_search_test_loader
     from .evaluator import PersonSearchEvaluator
     from .gallery_pass import IndexedGallery
     from .pair_cache import PairCache, pair_cache_key

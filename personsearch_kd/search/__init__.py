@@ -1,13 +1,23 @@
 # Copyright (c) personsearch_kd contributors. Licensed under the Apache License 2.0.
 # Index once, search many times: the persistent gallery index (numpy + faiss), its sources
-# (folders, globs, lists, videos) and the fingerprint of the model it was built with.
+# (folders, globs, lists, videos), the fingerprint of the model it was built with, and the
+# indexing of a gallery by one process or several.
 from importlib.util import find_spec
 
 from .gallery_index import GalleryIndex, GalleryIndexError
-from .sources import GallerySource, count_sources, expand_inputs, prefetch, read_sources
+from .sources import (
+    GallerySource,
+    count_sources,
+    expand_inputs,
+    prefetch,
+    read_source_image,
+    read_sources,
+    source_caption,
+)
 
 if find_spec("detectron2") is not None:
     from .fingerprint import model_fingerprint
+    from .indexing import index_gallery, merge_shards, open_index
 
 __all__ = [
     "GalleryIndex",
@@ -15,7 +25,12 @@ __all__ = [
     "GallerySource",
     "count_sources",
     "expand_inputs",
+    "index_gallery",
+    "merge_shards",
     "model_fingerprint",
+    "open_index",
     "prefetch",
+    "read_source_image",
     "read_sources",
+    "source_caption",
 ]

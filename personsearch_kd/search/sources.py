@@ -1,7 +1,8 @@
 # Copyright (c) personsearch_kd contributors. Licensed under the Apache License 2.0.
 """
 Gallery sources for indexing: image folders, glob patterns, list files and videos (every N-th
-frame, read with OpenCV). Pure numpy + OpenCV: no detectron2 import.
+frame, read with OpenCV), and a source read back for a match. Pure numpy + OpenCV: no detectron2
+import.
 """
 
 import glob
@@ -20,7 +21,9 @@ __all__ = [
     "count_sources",
     "expand_inputs",
     "prefetch",
+    "read_source_image",
     "read_sources",
+    "source_caption",
 ]
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")
@@ -158,3 +161,25 @@ def prefetch(sources: Iterator[GallerySource], depth: int = 8) -> Iterator[Galle
             yield item
     finally:
         stop.set()
+
+
+def read_source_image(path: str, frame: int = -1) -> np.ndarray:
+    """The (H, W, 3) BGR image of a source: the image ``path``, or frame ``frame`` of a video."""
+    if frame < 0:
+        image = cv2.imread(path, cv2.IMREAD_COLOR)
+    else:
+        capture = cv2.VideoCapture(path)
+        capture.set(cv2.CAP_PROP_POS_FRAMES, frame)
+        image = capture.read()[1]
+        capture.release()
+    if image is None:
+        raise FileNotFoundError(f"{path} (frame {frame}): cannot be read")
+    return image
+
+
+def source_caption(path: str, frame: int = -1, time: float = math.nan) -> str:
+    """A source's file name, with ``#frame`` and its time for a video frame."""
+    name = os.path.basename(path)
+    if frame >= 0:
+        name += f" #{frame}" + ("" if math.isnan(time) else f" {time:.1f}s")
+    return name

@@ -14,7 +14,7 @@ its own, and is saved to OUTPUT_DIR/benchmark.json; a later run reuses it while 
 older and the merged config (file and --opts) is the same (--reevaluate forces it). DET configs
 (TEST.PERSON_SEARCH.DETECTION_ONLY) fill the detection columns only.
 
-    python tools/benchmark.py --config-files configs/mot15/oim_R_18_C4_cpu.yaml \
+    python dev/benchmark.py --config-files configs/mot15/oim_R_18_C4_cpu.yaml \
         configs/mot15/oim_R_50_C4_cpu.yaml
 """
 
@@ -32,7 +32,8 @@ import time
 import torch
 from torch import nn
 
-TOOLS = os.path.dirname(os.path.abspath(__file__))
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TRAIN_NET = os.path.join(REPO_ROOT, "tools", "train_net.py")
 
 
 def load_cfg(config_file, opts):
@@ -87,30 +88,24 @@ def evaluate(config_file, opts, json_file):
     from detectron2.utils.logger import setup_logger
 
     from personsearch_kd.engine import build_trained_student, peak_memory_gb
-    from personsearch_kd.evaluation import PersonSearchEvaluator, RandomFeatureEvaluator
+    from personsearch_kd.evaluation import (
+        RandomFeatureEvaluator,
+        build_person_search_evaluator,
+        build_person_search_test_loader,
+    )
 
     setup_logger()
     cfg = load_cfg(config_file, opts)
     model = build_trained_student(cfg, os.path.join(cfg.OUTPUT_DIR, "model_final.pth"))
     (dataset,) = cfg.DATASETS.TEST
-    thresholds = dict(
-        search_score_thresh=cfg.TEST.PERSON_SEARCH.SEARCH_SCORE_THRESH,
-        detection_score_thresh=cfg.TEST.PERSON_SEARCH.DETECTION_SCORE_THRESH,
-    )
-    if cfg.TEST.PERSON_SEARCH.DETECTION_ONLY:  # a DET config: no search, no random features
-        evaluator = PersonSearchEvaluator(dataset, detection_only=True, **thresholds)
-    else:
-        evaluator = DatasetEvaluators(
-            [
-                PersonSearchEvaluator(dataset, **thresholds),
-                RandomFeatureEvaluator(PersonSearchEvaluator(dataset, **thresholds)),
-            ]
-        )
+    evaluator = build_person_search_evaluator(cfg, dataset)
+    if not cfg.TEST.PERSON_SEARCH.DETECTION_ONLY:  # a DET config: no search, no random features
+        chance = RandomFeatureEvaluator(build_person_search_evaluator(cfg, dataset))
+        evaluator = DatasetEvaluators([evaluator, chance])
     timer = GalleryTimer(model)
-    # tools/ is on sys.path: the training script's loader (gallery only for DET configs).
-    from train_net import Trainer
-
-    results = inference_on_dataset(timer, Trainer.build_test_loader(cfg, dataset), evaluator)
+    # The training's test loader (gallery only for DET configs).
+    loader = build_person_search_test_loader(cfg, dataset)
+    results = inference_on_dataset(timer, loader, evaluator)
     with open(json_file, "w") as f:
         json.dump(
             {
@@ -165,9 +160,7 @@ def train_command(config_file, opts, retrain):
     OUTPUT_DIR/last_checkpoint (a fresh OUTPUT_DIR starts from MODEL.WEIGHTS) unless ``retrain``.
     """
     resume = [] if retrain else ["--resume"]
-    return [sys.executable, os.path.join(TOOLS, "train_net.py"), "--config-file", config_file] + (
-        resume + list(opts)
-    )
+    return [sys.executable, TRAIN_NET, "--config-file", config_file] + resume + list(opts)
 
 
 def benchmark(args):

@@ -6,18 +6,21 @@ six partial-view teachers of a factorized-distillation config) on its DATASETS.T
 ground-truth boxes: one Markdown row per teacher alone and one for their plain ensemble
 (:class:`CropReIDEnsemble`, the upper reference of factorized distillation).
 
-    python tools/evaluate_teachers.py --config-file configs/mot15/fd_crop_R_18_cpu.yaml \
+    python dev/evaluate_teachers.py --config-file configs/mot15/fd_crop_R_18_cpu.yaml \
         [KEY VALUE ...]
 """
 
 import argparse
 
-from detectron2.data import DatasetMapper, build_detection_test_loader
 from detectron2.evaluation import inference_on_dataset
 
 from personsearch_kd import load_config
 from personsearch_kd.distillation import CropReIDTeacher, build_teachers
-from personsearch_kd.evaluation import CropReIDEnsemble, GroundTruthBoxes, PersonSearchEvaluator
+from personsearch_kd.evaluation import (
+    CropReIDEnsemble,
+    build_person_search_evaluator,
+    build_person_search_test_loader,
+)
 
 
 def evaluate(cfg):
@@ -33,15 +36,15 @@ def evaluate(cfg):
                 f"the teachers read {ensemble.input_format} images; set INPUT.FORMAT to it"
             )
         models.append(("ensemble", ensemble))
+    # Crop networks find no person: they search the ground-truth boxes.
+    test_cfg = cfg.clone()
+    test_cfg.defrost()
+    test_cfg.TEST.PERSON_SEARCH.GROUND_TRUTH_BOXES = True
     rows = []
     for dataset in cfg.DATASETS.TEST:
-        loader = build_detection_test_loader(
-            cfg, dataset, mapper=GroundTruthBoxes(DatasetMapper(cfg, False))
-        )
+        loader = build_person_search_test_loader(test_cfg, dataset)
         for name, model in models:
-            evaluator = PersonSearchEvaluator(
-                dataset, cfg.TEST.PERSON_SEARCH.SEARCH_SCORE_THRESH, distributed=False
-            )
+            evaluator = build_person_search_evaluator(test_cfg, dataset)
             results = inference_on_dataset(model, loader, evaluator)["person_search"]
             view = getattr(model, "view", "all")
             rows.append((dataset, name, view, results["mAP"], results["top1"]))

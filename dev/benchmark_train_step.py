@@ -14,19 +14,19 @@ steps its own batch under DDP, and the table adds the OIM memory sync (the all-g
 step's labeled features, read from its profiler label in extra profiled steps): its milliseconds
 per step and its share of the step, on the main process.
 
-    python tools/benchmark_train_step.py --config-file configs/scratch/oim_R_18_C4_scratch.yaml \
+    python dev/benchmark_train_step.py --config-file configs/scratch/oim_R_18_C4_scratch.yaml \
         configs/scratch/oim_R_50_C4_scratch.yaml --height 576 --width 768 --batch 2 \
         MODEL.DEVICE cpu
-    python tools/benchmark_train_step.py --config-file configs/mot15/oim_R_50_C4_cpu.yaml \
+    python dev/benchmark_train_step.py --config-file configs/mot15/oim_R_50_C4_cpu.yaml \
         configs/mot15/kd_reid_R_50_C4_teacher_R_50_cpu.yaml --height 400 --width 680
-    python tools/benchmark_train_step.py --config-file configs/mot15/reid_crop_R_18_cpu.yaml \
+    python dev/benchmark_train_step.py --config-file configs/mot15/reid_crop_R_18_cpu.yaml \
         configs/mot15/fd_crop_R_18_cpu.yaml   # crop networks: their own P x K crop batch
 
 --seqnet-root PATH (a checkout of serend1p1ty/SeqNet) steps SeqNet too, fp32 with random weights
 and its own training settings, on the same synthetic batch (personsearch_kd/utils/
 seqnet_reference.py); give our configs the same settings to compare, e.g.:
 
-    python tools/benchmark_train_step.py --config-file configs/scratch/oim_R_50_C4_scratch.yaml \
+    python dev/benchmark_train_step.py --config-file configs/scratch/oim_R_50_C4_scratch.yaml \
         --height 900 --width 1500 --batch 2 --seqnet-root ../SeqNet MODEL.DEVICE cpu \
         MODEL.RPN.PRE_NMS_TOPK_TRAIN 12000 MODEL.RPN.POST_NMS_TOPK_TRAIN 2000 \
         MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE 128 MODEL.OIM.NUM_IDS 5532 MODEL.OIM.QUEUE_SIZE 5000
@@ -204,7 +204,7 @@ def teacher_forward(run: dict) -> float:
         boxes = x["instances"].gt_boxes.to(model.device)
         sampled.append(Instances(x["instances"].image_size))
         sampled[-1].proposal_boxes = Boxes(boxes.tensor.repeat(rois // len(boxes) + 1, 1)[:rois])
-    record = StudentRecord(run["inputs"], None, None, None, rois=sampled)
+    record = StudentRecord(run["inputs"], {}, [], sampled, None, None, None)
     start = time.perf_counter()
     for teacher in detector_teachers(model):
         outputs = teacher.outputs(record)

@@ -9,7 +9,7 @@ the tables it was not:
 
     python tools/export_lut.py --config-file configs/mot15/oim_R_18_C4_cpu.yaml --compute \
         --weights output/kd_reid_student/model_final.pth --output student_means.pth
-    python tools/compare_luts.py student_means.pth teacher_lut.pth random_lut.pth
+    python dev/compare_luts.py student_means.pth teacher_lut.pth random_lut.pth
 
 With `--dataset` of a test split, `--compute` of the student and of the teacher gives both
 structures over people neither trained on (compare them by structure: two networks' features

@@ -12,8 +12,8 @@
 #      weights find no proposal otherwise) and SeqNet itself alternated in when a checkout of
 #      serend1p1ty/SeqNet is carried as .seqnet/ (or named by $SEQNET_ROOT);
 #   3. trains configs/mot15/oim_R_18_C4_gpu.yaml (SEED 0) to the end and evaluates it
-#      (tools/benchmark.py), with mot15-ps-mini under $DATASETS.
-# Every table lands in $OUT (default ./gpu_session). `tools/gpu_session.sh --tiny` runs the same
+#      (dev/benchmark.py), with mot15-ps-mini under $DATASETS.
+# Every table lands in $OUT (default ./gpu_session). `dev/gpu_session.sh --tiny` runs the same
 # steps on CPU at toy sizes on the shipped sample (what the tests run).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -68,7 +68,7 @@ for depth in "${DEPTHS[@]}"; do
     for size in "${SIZES[@]}"; do
         read -r height width <<< "$size"
         config=configs/scratch/oim_R_${depth}_C4_scratch.yaml
-        python3 tools/benchmark_train_step.py --config-file "$config" \
+        python3 dev/benchmark_train_step.py --config-file "$config" \
             --precision "${PRECISIONS[@]}" --height "$height" --width "$width" --batch 2 \
             "${STEPS[@]}" MODEL.DEVICE "$DEVICE" MODEL.OIM.NUM_IDS 5532 \
             > "$OUT/train_step_R${depth}_${height}x${width}.md"
@@ -82,7 +82,7 @@ for depth in "${DEPTHS[@]}"; do
 done
 
 # 3. A full GPU training with its evaluation.
-python3 tools/benchmark.py --config-files "$TRAIN_CONFIG" \
+python3 dev/benchmark.py --config-files "$TRAIN_CONFIG" \
     --opts SEED 0 MODEL.DEVICE "$DEVICE" OUTPUT_DIR "$OUT/train" "${TRAIN_OPTS[@]}" \
     > "$OUT/train_and_evaluate.md"
 echo "gpu_session: tables in $OUT"

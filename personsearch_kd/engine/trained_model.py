@@ -1,0 +1,40 @@
+# Copyright (c) personsearch_kd contributors. Licensed under the Apache License 2.0.
+"""
+The one way every tool gets a trained model: the student of a config, built and loaded. Keeping
+it in one place keeps one answer to "which parts of a distillation config does inference need".
+"""
+
+import torch
+
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.modeling import build_model
+
+from ..config import load_config, student_config
+
+__all__ = ["build_trained_student", "load_trained_student"]
+
+
+def build_trained_student(cfg, weights: str = "", resume: bool = False) -> torch.nn.Module:
+    """
+    The student of ``cfg`` alone (:func:`student_config`: no teacher is built, so teacher files
+    may be gone), in eval mode, with ``weights`` loaded (a detectron2 checkpoint; nothing is
+    loaded when empty).
+
+    Args:
+        resume: load the checkpoint that ``cfg.OUTPUT_DIR/last_checkpoint`` names instead, when
+            there is one (``train_net.py --eval-only --resume``).
+    """
+    model = build_model(student_config(cfg)).eval()
+    checkpointer = DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR)
+    if resume:
+        checkpointer.resume_or_load(weights, resume=True)
+    elif weights:
+        checkpointer.load(weights)
+    return model
+
+
+def load_trained_student(config_file: str, weights: str, opts=()):
+    """``(cfg, model)``: the config of ``config_file`` with KEY VALUE ``opts``, and its
+    :func:`build_trained_student` with ``weights``."""
+    cfg = load_config(config_file, opts)
+    return cfg, build_trained_student(cfg, weights)
