@@ -8,6 +8,7 @@ import sys
 
 import cv2
 import numpy as np
+import pytest
 import torch
 from torch import nn
 
@@ -203,14 +204,28 @@ def end_distributed_worker():
     os._exit(0)
 
 
-def load_tool(name: str):
-    """Import ``tools/<name>.py`` (the tools are scripts, not a package) as a module."""
+def load_tool(name: str, folder: str = "tools"):
+    """Import ``<folder>/<name>.py`` (tools/ and dev/ hold scripts, not a package) as a module."""
     spec = importlib.util.spec_from_file_location(
-        name, os.path.join(REPO_ROOT, "tools", f"{name}.py")
+        name, os.path.join(REPO_ROOT, folder, f"{name}.py")
     )
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def cli_error(capsys, main, argv) -> str:
+    """
+    The answer of a tool's ``main(argv)`` to bad input: it must exit with status 2 and write one
+    line, ``error: ...``, to stderr. Returns that line.
+    """
+    capsys.readouterr()  # what ran before
+    with pytest.raises(SystemExit) as exit:
+        main(argv)
+    assert exit.value.code == 2
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), lines
+    return lines[0]
 
 
 class OracleModel(nn.Module):
