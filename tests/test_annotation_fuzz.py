@@ -307,3 +307,95 @@ def test_fuzz_cuhk_sysu_fixture(cuhk_root, relative, count):
 
     outcomes = fuzz(os.path.join(cuhk_root, relative), MAT_MUTATIONS, count, load, SEED)
     assert outcomes.get("rejected", 0) > 0, outcomes
+
+
+# --- Whole-file malformations: each must be refused, naming the file. ---
+
+
+def emptied(data):
+    return b""
+
+
+def blank_lines_only(data):
+    return b"\n \n\t\n"
+
+
+def header_added(data):
+    """A header line, as spreadsheets write, before the rows."""
+    return b"frame,id,x,y,w,h,flag,a,b,c\n" + data
+
+
+def spaces_for_commas(data):
+    return data.replace(b",", b" ")
+
+
+def semicolons_for_commas(data):
+    return data.replace(b",", b";")
+
+
+def last_column_dropped(data):
+    return b"\n".join(line.rsplit(b",", 1)[0] for line in data.split(b"\n"))
+
+
+def column_added(data):
+    return b"\n".join(line + b",0" if line.strip() else line for line in data.split(b"\n"))
+
+
+def first_byte_dropped(data):
+    return data[1:]
+
+
+TEXT_FILE_MALFORMATIONS = [emptied, blank_lines_only, header_added, first_byte_dropped]
+GT_MALFORMATIONS = TEXT_FILE_MALFORMATIONS + [
+    spaces_for_commas, semicolons_for_commas, last_column_dropped, column_added,
+]  # fmt: skip
+
+
+def refused(path, variant, load):
+    """Write ``variant`` over ``path``, load: it must be refused naming ``path``; restored."""
+    with open(path, "rb") as f:
+        original = f.read()
+    with open(path, "wb") as f:
+        f.write(variant)
+    try:
+        with pytest.raises((AnnotationError, FileNotFoundError)) as error:
+            load()
+        assert path in str(error.value), f"{path} not named in: {error.value}"
+        return str(error.value)
+    finally:
+        with open(path, "wb") as f:
+            f.write(original)
+
+
+@pytest.mark.parametrize(
+    "relative, malformations",
+    [
+        ("PETS09-S2L1/gt/gt.txt", GT_MALFORMATIONS),
+        ("TUD-Stadtmitte/gt/gt.txt", GT_MALFORMATIONS),
+        ("TUD-Stadtmitte/seqinfo.ini", TEXT_FILE_MALFORMATIONS),
+        ("split.json", TEXT_FILE_MALFORMATIONS),
+    ],
+)
+@pytest.mark.parametrize("split_name", ["train", "test"])
+def test_malformed_mot_files_are_refused_naming_the_file(mot_root, relative, malformations,
+                                                         split_name):  # fmt: skip
+    root, split = mot_root
+    path = os.path.join(root, relative)
+    with open(path, "rb") as f:
+        original = f.read()
+    for malformation in malformations:
+        message = refused(path, malformation(original), lambda: load_mot_person_search(
+            root, split, split_name))  # fmt: skip
+        assert "\n" not in message, message  # one line: a tool prints it as its error line
+
+
+@pytest.mark.parametrize("relative", ["query_info.txt"])
+def test_malformed_prw_query_lists_are_refused_naming_the_file(prw_root, relative):
+    path = os.path.join(prw_root, relative)
+    with open(path, "rb") as f:
+        original = f.read()
+    for malformation in [emptied, blank_lines_only, first_byte_dropped, semicolons_for_commas]:
+        variant = malformation(original)
+        if variant == original:
+            continue
+        refused(path, variant, lambda: load_prw(prw_root, "test"))

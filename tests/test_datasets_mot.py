@@ -441,19 +441,82 @@ def test_the_same_frame_twice_in_img1_is_rejected(tmp_path):
         load_mot_person_search(str(tmp_path), split, "train")
 
 
-def test_a_huge_per_id_gives_every_flag_1_box_at_once(tmp_path):
+def _flag_1_test_boxes(root, split):
+    """{(sequence, query id): its flag-1 boxes in the test frames}, counted from gt.txt."""
+    spec = json.load(open(split))
+    counts = {}
+    for seq, s in spec["sequences"].items():
+        first, last = s["test_frames"]
+        for line in open(os.path.join(str(root), seq, "gt", "gt.txt")):
+            frame, track, *_, flag = line.split(",")[:7]
+            if first <= int(frame) <= last and int(track) in s["query_ids"] and flag == "1":
+                counts[seq, int(track)] = counts.get((seq, int(track)), 0) + 1
+    return counts
+
+
+def test_a_per_id_of_the_most_boxes_gives_every_flag_1_box_at_once(tmp_path):
     split = copy_sample(tmp_path)
-    _edit_spec(tmp_path, lambda s: s["queries"].update(per_id=10**8))
+    counts = _flag_1_test_boxes(tmp_path, split)
+    assert min(counts.values()) < max(counts.values())  # fewer boxes than per_id: each once
+    _edit_spec(tmp_path, lambda s: s["queries"].update(per_id=max(counts.values())))
     start = time.monotonic()
     queries = [
         r for r in load_mot_person_search(str(tmp_path), split, "test") if "query_boxes" in r
     ]
     assert time.monotonic() - start < 10
-    spec = json.load(open(split))
-    expected = 0
-    for seq, s in spec["sequences"].items():
-        first, last = s["test_frames"]
-        for line in open(os.path.join(str(tmp_path), seq, "gt", "gt.txt")):
-            frame, track, *_, flag = line.split(",")[:7]
-            expected += first <= int(frame) <= last and int(track) in s["query_ids"] and flag == "1"
-    assert len(queries) == expected > 32
+    assert len(queries) == sum(counts.values()) > 32
+
+
+@pytest.mark.parametrize("split_name", ["train", "test"])
+@pytest.mark.parametrize("per_id", [10**8, "most + 1"])
+def test_a_per_id_no_identity_reaches_is_an_error_naming_split_json(tmp_path, per_id, split_name):
+    """queries.per_id 100000000 (a typo) loaded silently; it is refused, whatever the split."""
+    split = copy_sample(tmp_path)
+    most = max(_flag_1_test_boxes(tmp_path, split).values())
+    per_id = most + 1 if per_id == "most + 1" else per_id
+    _edit_spec(tmp_path, lambda s: s["queries"].update(per_id=per_id))
+    message = (
+        rf"split.json: queries.per_id {per_id}: no query identity has that many flag-1 boxes .* "
+        rf"\(the most: {most}\); expected an integer in \[1, {most}\]"
+    )
+    with pytest.raises(AnnotationError, match=message):
+        load_mot_person_search(str(tmp_path), split, split_name)
+
+
+def test_no_query_identity_at_all_needs_no_per_id_check(tmp_path):
+    split = write_mot_fixture(tmp_path)
+
+    def no_queries(spec):
+        for s in spec["sequences"].values():
+            s["query_ids"] = []
+
+    _edit_spec(tmp_path, no_queries)
+    test = load_mot_person_search(str(tmp_path), split, "test")
+    assert test and not [r for r in test if "query_boxes" in r]
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ("", r"gt.txt: empty: no ground-truth row \(expected comma-separated rows of 10 numbers"),
+        ("\n\n# a comment\n", r"gt.txt: only blank or '#' comment lines: no ground-truth row"),
+        (
+            "frame,id,x,y,w,h,flag,wx,wy,wz\n" + PETS_GT_LINE1 + "\n",
+            r"gt.txt:1: not a comma-separated row of numbers: 'frame,id,x,y,w,h,flag,wx,wy,wz' "
+            r"\(expected .* no header line\)",
+        ),
+        ("1 9 499 158 31 75 1 -1 -1 -1\n", r"gt.txt:1: not a comma-separated row of numbers"),
+        ("1;9;499;158;31;75;1;-1;-1;-1\n", r"gt.txt:1: not a comma-separated row of numbers"),
+        ("1,9,499,158,31,75,1\n", r"gt.txt:1: expected 10 columns .* or 9 .* got 7"),
+        ("1,9,499,158,31,75,1,-1,-1,-1,0\n", r"gt.txt:1: expected 10 columns .* got 11"),
+    ],
+    ids=["empty", "comments only", "a header line", "spaces", "semicolons", "7 columns", "11"],
+)
+def test_an_unparsable_gt_txt_names_file_line_and_expected_rows(tmp_path, content, message):
+    """An empty gt.txt failed inside numpy ("cannot reshape array of size 0") naming no file."""
+    split = copy_sample(tmp_path)
+    with open(_gt(tmp_path), "w") as f:
+        f.write(content)
+    for split_name in ("train", "test"):
+        with pytest.raises(AnnotationError, match=f"{PETS}/gt/" + message):
+            load_mot_person_search(str(tmp_path), split, split_name)

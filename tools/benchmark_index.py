@@ -25,7 +25,7 @@ import argparse
 import os
 import platform
 
-from personsearch_kd.engine.command_line import one_line_errors
+from personsearch_kd.engine.command_line import one_line_errors, require_dir, run_cli
 from personsearch_kd.search import GalleryIndex
 from personsearch_kd.search.index_benchmark import (
     benchmark_index_types,
@@ -51,6 +51,13 @@ def main(argv=None):
     parser.add_argument("--noise", type=float, default=0.6, help="synthetic views' noise norm")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
+    require_dir(
+        parser, "--index", args.index, "a gallery index folder made by tools/index_gallery.py"
+    )
+    for name in ("sizes", "dim", "queries", "train_size", "boxes_per_image"):
+        values = getattr(args, name)
+        if min(values if isinstance(values, list) else [values]) < 1:
+            parser.error(f"--{name.replace('_', '-')} {values}: expected integers >= 1")
     if args.index:
         real = GalleryIndex.load(args.index)
         datasets = [(os.path.basename(os.path.normpath(args.index)), real.features())]
@@ -87,4 +94,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()  # pragma: no cover
+    run_cli(main)  # pragma: no cover

@@ -7,10 +7,10 @@ rest = postprocess), with peak memory, for a batch of images at a given size, pr
 memory format; one Markdown row per config and setting. Settings alternate in one process, so a
 change in the machine's load hits all alike.
 
-    python tools/benchmark_inference.py --config-files configs/mot15/oim_R_50_C4_cpu.yaml \
+    python tools/benchmark_inference.py --config-files configs/mot15/oim_R_50.yaml \
         --height 576 --width 768 --precision fp32 bf16 --iters 5 MODEL.DEVICE cpu
-    python tools/benchmark_inference.py --config-files configs/mot15/oim_R_18_C4_cpu.yaml \
-        --reid-on-proposals 0 1 MODEL.WEIGHTS output/mot15_oim_R_18_C4_cpu/model_final.pth
+    python tools/benchmark_inference.py --config-files configs/mot15/oim_R_18.yaml \
+        --reid-on-proposals 0 1 MODEL.WEIGHTS output/mot15_oim_R_18/model_final.pth
 
 --seqnet-root PATH (a checkout of serend1p1ty/SeqNet) adds SeqNet, fp32 with random weights and
 its default settings, as one more alternated row (personsearch_kd/utils/seqnet_reference.py);
@@ -25,7 +25,7 @@ give our configs the same settings to compare, e.g. for R50-C4:
 
 import argparse
 
-from personsearch_kd.engine.command_line import one_line_errors
+from personsearch_kd.engine.command_line import one_line_errors, require_dir, require_file, run_cli
 from personsearch_kd.engine.inference_benchmark import (
     PRECISIONS,
     STAGES,
@@ -69,7 +69,15 @@ def main(argv=None):
     )
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE for every config")
     args = parser.parse_args(argv)
-    rows = measure_inference(InferenceOptions(**vars(args)))
+    for config_file in args.config_files:
+        require_file(parser, "--config-files", config_file, "config .yaml files")
+    require_dir(parser, "--seqnet-root", args.seqnet_root, "a checkout of serend1p1ty/SeqNet")
+    for name in ("height", "width", "batch", "iters"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name} {getattr(args, name)}: expected an integer >= 1")
+    options = vars(args)
+    options.pop("debug")  # run_cli's, not a measurement setting
+    rows = measure_inference(InferenceOptions(**options))
     print(
         "| config | re-ID on proposals | precision | channels_last | images/s | s/forward "
         "| detections/image | " + " | ".join(f"{s} %" for s in STAGES) + " | peak GB |"
@@ -85,4 +93,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()  # pragma: no cover
+    run_cli(main)  # pragma: no cover

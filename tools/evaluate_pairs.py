@@ -14,11 +14,11 @@ shared among N processes. With ``--cache-dir D`` the pair results are saved in D
 (about every minute): the same command run again after a stop or crash runs only the pairs
 missing, and refuses a D made with another config, weights or --batch-size.
 
-    python tools/evaluate_pairs.py --config-file configs/mot15/qeeps_R_18_C4_cpu.yaml \
-        --weights output/mot15_qeeps_R_18_C4_cpu/model_final.pth --dataset mot15_ps_mini_test \
-        [--top-n 20 --prefilter-config configs/mot15/oim_R_18_C4_cpu.yaml \
-         --prefilter-weights output/mot15_oim_R_18_C4_cpu/model_final.pth] \
-        [--baseline-config configs/mot15/oim_R_18_C4_cpu.yaml --baseline-weights W] [KEY VALUE ...]
+    python tools/evaluate_pairs.py --config-file configs/mot15/qeeps_R_18.yaml \
+        --weights output/mot15_qeeps_R_18/model_final.pth --dataset mot15_ps_mini_test \
+        [--top-n 20 --prefilter-config configs/mot15/oim_R_18.yaml \
+         --prefilter-weights output/mot15_oim_R_18/model_final.pth] \
+        [--baseline-config configs/mot15/oim_R_18.yaml --baseline-weights W] [KEY VALUE ...]
 """
 
 import argparse
@@ -26,7 +26,7 @@ import argparse
 from detectron2.utils import comm
 
 from personsearch_kd.engine import add_launcher_arguments, launch_from_args, load_trained_student
-from personsearch_kd.engine.command_line import one_line_errors
+from personsearch_kd.engine.command_line import one_line_errors, require_file, run_cli
 from personsearch_kd.engine.pair_evaluation import evaluate_query_guided
 from personsearch_kd.evaluation import PAIR_SCORES
 
@@ -102,8 +102,16 @@ def main(argv=None):
         parser.error("--baseline-config and --baseline-weights go together")
     if args.top_n and not (args.prefilter_config and args.prefilter_weights):
         parser.error("--top-n needs --prefilter-config and --prefilter-weights")
+    for option, expected in (
+        ("config_file", "a config .yaml file"), ("weights", "a detectron2 checkpoint file"),
+        ("prefilter_config", "a config .yaml file"),
+        ("prefilter_weights", "a detectron2 checkpoint file"),
+        ("baseline_config", "a config .yaml file"),
+        ("baseline_weights", "a detectron2 checkpoint file"),
+    ):  # fmt: skip
+        require_file(parser, "--" + option.replace("_", "-"), getattr(args, option), expected)
     return launch_from_args(evaluate_and_print, args)
 
 
 if __name__ == "__main__":
-    main()  # pragma: no cover
+    run_cli(main)  # pragma: no cover

@@ -6,10 +6,10 @@ Two-step person search: a detector's boxes (e.g. DET_18 / DET_50), then a re-ID 
 --dataset) with the person-search protocol; prints one Markdown row per test set.
 
     python tools/evaluate_two_step.py \
-        --detector-config configs/mot15/det_R_50_C4_cpu.yaml \
-        --detector-weights output/mot15_det_R_50_C4_cpu/model_final.pth \
-        --reid-config configs/mot15/reid_crop_R_18_cpu.yaml \
-        --reid-weights output/mot15_reid_crop_R_18_cpu/model_final.pth [KEY VALUE ...]
+        --detector-config configs/mot15/det_R_50.yaml \
+        --detector-weights output/mot15_det_R_50/model_final.pth \
+        --reid-config configs/mot15/reid_crop_R_18.yaml \
+        --reid-weights output/mot15_reid_crop_R_18/model_final.pth [KEY VALUE ...]
 """
 
 import argparse
@@ -17,7 +17,7 @@ import argparse
 from detectron2.evaluation import inference_on_dataset
 
 from personsearch_kd.engine import load_trained_student
-from personsearch_kd.engine.command_line import one_line_errors
+from personsearch_kd.engine.command_line import one_line_errors, require_file, run_cli
 from personsearch_kd.evaluation import (
     TwoStepSearch,
     build_person_search_evaluator,
@@ -54,7 +54,19 @@ def build_parser():
 
 
 def main(argv=None):
-    results = evaluate(build_parser().parse_args(argv))
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    for step in ("detector", "reid"):
+        require_file(
+            parser, f"--{step}-config", getattr(args, f"{step}_config"), "a config .yaml file"
+        )
+        require_file(
+            parser,
+            f"--{step}-weights",
+            getattr(args, f"{step}_weights"),
+            "a detectron2 checkpoint file",
+        )
+    results = evaluate(args)
     print("| dataset | mAP | top-1 | det AP | recall |")
     print("|---|---|---|---|---|")
     for dataset, r in results.items():
@@ -66,4 +78,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()  # pragma: no cover
+    run_cli(main)  # pragma: no cover

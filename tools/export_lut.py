@@ -4,8 +4,8 @@
 Export a teacher's identity lookup table for KD_reid (the WEIGHTS of a student's LUTFileTeacher).
 
     # the seed paper's way: copy the LUT buffer of a trained OIM-family checkpoint
-    python tools/export_lut.py --config-file configs/mot15/oim_R_50_C4_cpu.yaml --from-checkpoint \
-        --weights output/mot15_oim_R_50_C4_cpu/model_final.pth --output teacher_lut.pth
+    python tools/export_lut.py --config-file configs/mot15/oim_R_50.yaml --from-checkpoint \
+        --weights output/mot15_oim_R_50/model_final.pth --output teacher_lut.pth
 
     # any teacher with a query mode: mean L2-normalised feature of each identity's labeled
     # training boxes, re-normalised (section 6); distributed with --num-gpus
@@ -26,7 +26,7 @@ from detectron2.utils.logger import setup_logger
 
 from personsearch_kd import load_config
 from personsearch_kd.engine import add_launcher_arguments, launch_from_args
-from personsearch_kd.engine.command_line import one_line_errors
+from personsearch_kd.engine.command_line import one_line_errors, require_file, run_cli
 from personsearch_kd.engine.teacher_lut import LUT_METHODS, OIM_LUT_KEY, export_lut
 
 
@@ -82,6 +82,8 @@ def main(argv=None) -> None:
             "--weights: expected the teacher's checkpoint with --from-checkpoint and --compute, "
             "and none with --random"
         )
+    require_file(parser, "--config-file", args.config_file, "a config .yaml file")
+    require_file(parser, "--weights", args.weights, "a detectron2 checkpoint file")
     if args.seed is not None and not args.random:
         # Refused rather than ignored: a table from a checkpoint or a teacher draws nothing.
         parser.error("--seed is for --random: --from-checkpoint and --compute draw nothing")
@@ -94,4 +96,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()  # pragma: no cover
+    run_cli(main)  # pragma: no cover

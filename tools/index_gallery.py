@@ -12,9 +12,9 @@ merges the shards into OUTPUT. Images are decoded ahead by a background thread a
 --batch-size at a time. An interrupted run started again skips what its shards and OUTPUT
 hold; a later run with more inputs adds only the new ones.
 
-    python tools/index_gallery.py --config-file configs/mot15/oim_R_18_C4_cpu.yaml \
+    python tools/index_gallery.py --config-file configs/mot15/oim_R_18.yaml \
         --input footage/cam1.mp4 photos/ --every 5 --camera cam1 --output gallery_index \
-        MODEL.WEIGHTS output/mot15_oim_R_18_C4_cpu/model_final.pth
+        MODEL.WEIGHTS output/mot15_oim_R_18/model_final.pth
 """
 
 import argparse
@@ -24,7 +24,12 @@ from detectron2.utils.logger import setup_logger
 
 from personsearch_kd import load_config
 from personsearch_kd.engine import PersonSearchPredictor, add_launcher_arguments, launch_from_args
-from personsearch_kd.engine.command_line import one_line_errors
+from personsearch_kd.engine.command_line import (
+    one_line_errors,
+    require_file,
+    require_weights,
+    run_cli,
+)
 from personsearch_kd.search import index_gallery
 
 
@@ -50,6 +55,7 @@ def index(args) -> None:
     """One process's part: its share of the images, then (main process) the merge."""
     setup_logger(name="personsearch_kd", distributed_rank=comm.get_rank())
     cfg = load_config(args.config_file, args.opts)
+    require_weights(cfg, args.config_file)
     index_gallery(
         cfg, PersonSearchPredictor(cfg), args.input, args.output, args.every, args.camera,
         args.save_every, args.batch_size,
@@ -59,6 +65,7 @@ def index(args) -> None:
 def main(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
+    require_file(parser, "--config-file", args.config_file, "a config .yaml file")
     for name in ("every", "save_every", "batch_size"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1")
@@ -66,4 +73,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()  # pragma: no cover
+    run_cli(main)  # pragma: no cover

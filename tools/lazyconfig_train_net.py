@@ -28,7 +28,7 @@ from detectron2.utils.registry import locate
 
 from personsearch_kd.distillation import Distiller
 from personsearch_kd.engine import PeakMemory, SafeCheckpointer, launch_from_args
-from personsearch_kd.engine.command_line import one_line_errors
+from personsearch_kd.engine.command_line import one_line_errors, run_cli
 
 logger = logging.getLogger("detectron2")
 
@@ -121,4 +121,4 @@ def invoke_main(argv=None):
 
 
 if __name__ == "__main__":
-    invoke_main()  # pragma: no cover
+    run_cli(invoke_main)  # pragma: no cover

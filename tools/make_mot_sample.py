@@ -13,24 +13,33 @@ Copy the data's licence notice into the new folder yourself (its README).
 """
 
 import argparse
-import json
 import os
 import shutil
 
 from PIL import Image
 
-from personsearch_kd.data.datasets.mot import read_seqinfo
-from personsearch_kd.engine.command_line import one_line_errors
+from personsearch_kd.data.datasets.checks import load_json_object
+from personsearch_kd.data.datasets.mot import read_mot_gt, read_seqinfo
+from personsearch_kd.engine.command_line import one_line_errors, run_cli
 
 
 def make_sample(src: str, dst: str, every: int, quality: int) -> dict:
     """Returns {sequence: number of frames kept}."""
-    with open(os.path.join(src, "split.json")) as f:
-        sequences = json.load(f)["sequences"]
+    split_file = os.path.join(src, "split.json")
+    sequences = load_json_object(split_file).get("sequences")
+    if not isinstance(sequences, dict) or not sequences:
+        raise ValueError(f"{split_file}: sequences: expected an object naming the sequences")
     kept = {}
     for seq in sequences:
         info = read_seqinfo(os.path.join(src, seq))
         image_dir = os.path.join(src, seq, info["im_dir"])
+        gt_file = os.path.join(src, seq, "gt", "gt.txt")
+        # Checked first (the file named in any error); rows are then copied as they are.
+        read_mot_gt(gt_file, info["width"], info["height"], os.path.join(src, seq, "seqinfo.ini"))
+        if not os.path.isdir(image_dir):
+            raise FileNotFoundError(
+                f"{image_dir}: missing image folder (imDir of {seq}/seqinfo.ini)"
+            )
         names = sorted(n for n in os.listdir(image_dir) if n.endswith(info["ext"]))
         frames = [int(os.path.splitext(n)[0]) for n in names[::every]]
         os.makedirs(os.path.join(dst, seq, info["im_dir"]), exist_ok=True)
@@ -41,14 +50,18 @@ def make_sample(src: str, dst: str, every: int, quality: int) -> dict:
                 os.path.join(dst, seq, info["im_dir"], name), quality=quality
             )
         keep = set(frames)
-        with open(os.path.join(src, seq, "gt", "gt.txt")) as fin, open(
-            os.path.join(dst, seq, "gt", "gt.txt"), "w"
-        ) as fout:
-            fout.writelines(line for line in fin if int(line.split(",")[0]) in keep)
+        with open(gt_file) as fin, open(os.path.join(dst, seq, "gt", "gt.txt"), "w") as fout:
+            fout.writelines(line for line in fin if _frame(line) in keep)
         shutil.copy(os.path.join(src, seq, "seqinfo.ini"), os.path.join(dst, seq, "seqinfo.ini"))
         kept[seq] = len(frames)
     shutil.copy(os.path.join(src, "split.json"), os.path.join(dst, "split.json"))
     return kept
+
+
+def _frame(line: str):
+    """The frame of a gt.txt row (checked by read_mot_gt); None for a blank or comment line."""
+    row = line.split("#", 1)[0].strip()
+    return int(float(row.split(",")[0])) if row else None
 
 
 def main(argv=None):
@@ -59,12 +72,18 @@ def main(argv=None):
     parser.add_argument("--quality", type=int, default=80, help="JPEG quality of the copies")
     args = parser.parse_args(argv)
     if not os.path.isfile(os.path.join(args.src, "split.json")):
-        parser.error(f"--src {args.src}: no split.json, not a MOTChallenge person-search folder")
+        parser.error(
+            f"--src {args.src}: no split.json (expected a MOTChallenge person-search folder)"
+        )
     if args.every < 1:
-        parser.error("--every must be at least 1")
+        parser.error(f"--every {args.every}: expected an integer >= 1")
+    if not 1 <= args.quality <= 100:
+        parser.error(f"--quality {args.quality}: expected a JPEG quality in [1, 100]")
+    if os.path.abspath(args.dst) == os.path.abspath(args.src):
+        parser.error(f"--dst {args.dst}: expected another folder than --src")
     for seq, count in make_sample(args.src, args.dst, args.every, args.quality).items():
         print(f"{seq}: {count} frames")
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)  # pragma: no cover

@@ -5,9 +5,9 @@ Search a gallery index (tools/index_gallery.py) for the person in a query box or
 the ranked matches as a table or JSON, and the ranked-match picture (the query beside its top-k,
 each captioned with its source, frame and time).
 
-    python tools/search.py --config-file configs/mot15/oim_R_18_C4_cpu.yaml --index gallery_index \
+    python tools/search.py --config-file configs/mot15/oim_R_18.yaml --index gallery_index \
         --query-image q.jpg --query-box 100 50 160 220 --topk 10 --output matches.jpg \
-        MODEL.WEIGHTS output/mot15_oim_R_18_C4_cpu/model_final.pth
+        MODEL.WEIGHTS output/mot15_oim_R_18/model_final.pth
 """
 
 import argparse
@@ -19,7 +19,14 @@ from tabulate import tabulate
 
 from personsearch_kd import load_config
 from personsearch_kd.engine import PersonSearchPredictor
-from personsearch_kd.engine.command_line import one_line_errors, query_box_problem
+from personsearch_kd.engine.command_line import (
+    one_line_errors,
+    query_box_problem,
+    require_dir,
+    require_file,
+    require_weights,
+    run_cli,
+)
 from personsearch_kd.search import (
     GalleryIndex,
     model_fingerprint,
@@ -57,6 +64,7 @@ def _caption(match):
 
 def search(args, query_image, box):
     cfg = load_config(args.config_file, args.opts)
+    require_weights(cfg, args.config_file)
     model = model_fingerprint(cfg)
     index = GalleryIndex.load(args.index, model)
     if cfg.GALLERY_INDEX.GPU:
@@ -90,9 +98,16 @@ def search(args, query_image, box):
 def main(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
+    require_file(parser, "--config-file", args.config_file, "a config .yaml file")
+    require_dir(
+        parser, "--index", args.index, "a gallery index folder made by tools/index_gallery.py"
+    )
+    require_file(parser, "--query-image", args.query_image, "an image file")
     query_image = cv2.imread(args.query_image, cv2.IMREAD_COLOR)
     if query_image is None:
-        parser.error(f"--query-image {args.query_image}: cannot be read")
+        parser.error(
+            f"--query-image {args.query_image}: cannot be read (expected a JPEG/PNG image)"
+        )
     height, width = query_image.shape[:2]
     box = args.query_box or [0.0, 0.0, float(width), float(height)]
     problem = query_box_problem(box, width, height, args.query_image)
@@ -102,4 +117,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()  # pragma: no cover
+    run_cli(main)  # pragma: no cover

@@ -4,9 +4,9 @@
 Person search demo: find the person in a query box among the images of a gallery folder and draw
 the top-k matches (box and cosine similarity) next to the query in one picture.
 
-    python tools/search_demo.py --config-file configs/mot15/oim_R_18_C4_cpu.yaml \
+    python tools/search_demo.py --config-file configs/mot15/oim_R_18.yaml \
         --query-image q.jpg --query-box 100 50 160 220 --gallery path/to/images \
-        --output matches.jpg --opts MODEL.WEIGHTS output/mot15_oim_R_18_C4_cpu/model_final.pth
+        --output matches.jpg --opts MODEL.WEIGHTS output/mot15_oim_R_18/model_final.pth
 """
 
 import argparse
@@ -19,7 +19,14 @@ from tabulate import tabulate
 
 from personsearch_kd import load_config
 from personsearch_kd.engine import PersonSearchPredictor
-from personsearch_kd.engine.command_line import one_line_errors, query_box_problem
+from personsearch_kd.engine.command_line import (
+    one_line_errors,
+    query_box_problem,
+    require_dir,
+    require_file,
+    require_weights,
+    run_cli,
+)
 from personsearch_kd.utils import draw_ranked_matches
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")
@@ -54,12 +61,14 @@ def gallery_images(folder: str):
 
 
 def search_and_draw(args, query_image):
-    predictor = PersonSearchPredictor(load_config(args.config_file, args.opts))
+    cfg = load_config(args.config_file, args.opts)
+    require_weights(cfg, args.config_file)
+    predictor = PersonSearchPredictor(cfg)
     matches = predictor.search(
         query_image, args.query_box, gallery_images(args.gallery), args.topk, args.score_thresh
     )
     if not matches:
-        raise RuntimeError(
+        raise ValueError(
             f"{args.gallery}: no detection scored >= {args.score_thresh}; is MODEL.WEIGHTS a "
             "trained person-search checkpoint? (--score-thresh lowers the bar)"
         )
@@ -83,7 +92,16 @@ def search_and_draw(args, query_image):
 def main(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
-    query_image = read_image(args.query_image, format="BGR")
+    require_file(parser, "--config-file", args.config_file, "a config .yaml file")
+    require_file(parser, "--query-image", args.query_image, "an image file")
+    require_dir(parser, "--gallery", args.gallery, "a folder of images")
+    try:
+        query_image = read_image(args.query_image, format="BGR")
+    except OSError as e:  # PIL's UnidentifiedImageError included
+        parser.error(
+            f"--query-image {args.query_image}: cannot be read ({type(e).__name__}; expected a "
+            "JPEG/PNG image)"
+        )
     height, width = query_image.shape[:2]
     problem = query_box_problem(args.query_box, width, height, args.query_image)
     if problem:
@@ -92,4 +110,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()  # pragma: no cover
+    run_cli(main)  # pragma: no cover

@@ -34,8 +34,11 @@ Rejected with an :class:`~.checks.AnnotationError` naming the file and the line 
 - img1/: two images that are the same frame number (``1.jpg`` beside ``000001.jpg``); a gt.txt
   box in a split's frames whose frame has no image (FileNotFoundError).
 
-``per_id`` larger than a query identity's number of boxes gives every box once (the index rule
-above, computed without looping ``per_id`` times).
+A query identity with fewer flag-1 test boxes than ``per_id`` gives each of them once (the index
+rule above: 2 queries per identity, one where it has one box); but a ``per_id`` larger than every
+query identity's number of flag-1 test boxes (a typo such as 100000000) is an AnnotationError
+naming split.json and ``queries.per_id``, for either split. gt.txt: an empty file, one of blank
+and '#' comment lines only, and a header line are errors too (a row that is not numbers).
 """
 
 import configparser
@@ -68,6 +71,10 @@ SPEC_SEQUENCE_KEYS = ("train_frames", "test_frames", "train_ids", "query_ids")
 # imDir and sequence names are joined to paths: one plain folder name each.
 _PLAIN_NAME = re.compile(r"^(?!\.\.?$)[^/\\]+$")
 _IMAGE_EXT = re.compile(r"^\.[A-Za-z0-9]+$")
+_GT_ROWS = (
+    "comma-separated rows of 10 numbers (MOT15: frame,id,x,y,w,h,flag,wx,wy,wz) or 9 (MOT16+: "
+    "frame,id,x,y,w,h,flag,class,visibility), no header line"
+)
 
 
 def read_seqinfo(seq_dir: str) -> Dict:
@@ -119,7 +126,8 @@ def _parse_gt_table(path: str) -> Tuple[np.ndarray, np.ndarray]:
     values, lines = [], []
     # Split on "\n" only (str.splitlines also splits on \x0c, \x1c, ...): line numbers as editors
     # show them. Blank lines and '#' comments are skipped, as np.loadtxt did.
-    for lineno, line in enumerate(read_text(path, "ground-truth file").split("\n"), start=1):
+    text = read_text(path, "ground-truth file")
+    for lineno, line in enumerate(text.split("\n"), start=1):
         line = line.split("#", 1)[0].strip()
         if not line:
             continue
@@ -127,7 +135,9 @@ def _parse_gt_table(path: str) -> Tuple[np.ndarray, np.ndarray]:
             row = [float(field) for field in line.split(",")]
         except ValueError:
             raise AnnotationError(
-                path, f"not a comma-separated row of numbers: {line[:80]!r}", line=lineno
+                path,
+                f"not a comma-separated row of numbers: {line[:80]!r} (expected {_GT_ROWS})",
+                line=lineno,
             ) from None
         if len(row) not in (9, 10):
             raise AnnotationError(
@@ -142,7 +152,10 @@ def _parse_gt_table(path: str) -> Tuple[np.ndarray, np.ndarray]:
             )
         values.append(row)
         lines.append(lineno)
-    table = np.array(values, dtype=np.float64).reshape(len(values), -1)
+    if not values:
+        what = "empty" if not text.strip() else "only blank or '#' comment lines"
+        raise AnnotationError(path, f"{what}: no ground-truth row (expected {_GT_ROWS})")
+    table = np.array(values, dtype=np.float64)
     return table, np.array(lines, dtype=np.int64)
 
 
@@ -173,8 +186,6 @@ def read_mot_gt(path: str, width: int, height: int, seqinfo: str = "seqinfo.ini"
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{path}: missing ground-truth file")
     raw, lines = _parse_gt_table(path)
-    if len(raw) == 0:
-        return np.zeros((0, 7))
     _check_gt_numbers(path, raw, lines)
     if raw.shape[1] == 9:
         person = raw[:, 7] == PEDESTRIAN_CLASS
@@ -338,6 +349,7 @@ def load_mot_person_search(root: str, split_file: str, split: str) -> List[Dict]
     label_key = "train_ids" if split == "train" else "query_ids"
     ids = _identity_map(spec, label_key)
     records, queries = [], []
+    most_query_boxes = 0  # the most flag-1 test boxes of one query identity
     for seq, s in spec["sequences"].items():
         seq_dir = os.path.join(root, seq)
         info = read_seqinfo(seq_dir)
@@ -346,6 +358,7 @@ def load_mot_person_search(root: str, split_file: str, split: str) -> List[Dict]
         rows = read_mot_gt(gt_path, info["width"], info["height"], seqinfo_path)
         # Both lists are checked whatever the split: the spec is wrong either way.
         _check_listed_ids_have_boxes(split_file, seq, s, rows, gt_path)
+        most_query_boxes = max(most_query_boxes, _most_query_boxes(s, rows))
         first, last = s[f"{split}_frames"]
         frames = _frames(seq_dir, info, first, last)
         in_range = (rows[:, 0] >= first) & (rows[:, 0] <= last)
@@ -376,7 +389,27 @@ def load_mot_person_search(root: str, split_file: str, split: str) -> List[Dict]
         if split == "test":
             per_id = spec["queries"]["per_id"]
             queries += _queries(seq, s, rows, frames, ids, records, per_id, len(queries))
+    _check_per_id(split_file, spec["queries"]["per_id"], most_query_boxes)
     return records + queries
+
+
+def _most_query_boxes(s: Dict, rows: np.ndarray) -> int:
+    """The most flag-1 boxes of one query identity of a sequence in its test frames."""
+    first, last = s["test_frames"]
+    mine = rows[(rows[:, 0] >= first) & (rows[:, 0] <= last) & (rows[:, 6] == 1)]
+    mine = mine[np.isin(mine[:, 1], s["query_ids"])]
+    return int(np.unique(mine[:, 1], return_counts=True)[1].max()) if len(mine) else 0
+
+
+def _check_per_id(split_file: str, per_id: int, most: int) -> None:
+    """An error for a per_id that no query identity reaches (a typo such as 100000000), whatever
+    the split; an identity with fewer boxes than per_id has each of them once (the rule)."""
+    if most and per_id > most:  # no query identity at all: no query, per_id unused
+        raise AnnotationError(
+            split_file,
+            f"queries.per_id {per_id}: no query identity has that many flag-1 boxes in its test "
+            f"frames (the most: {most}); expected an integer in [1, {most}]",
+        )
 
 
 def _query_indices(count: int, per_id: int) -> List[int]:

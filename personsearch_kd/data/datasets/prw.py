@@ -33,7 +33,7 @@ missing file stays a FileNotFoundError naming it):
 - query lists: bytes that are not UTF-8, a line of other than 6 fields, a pid that is not an
   integer >= 0 (-2, the unlabeled id, cannot be a query), NaN or infinite coordinates, w or h <= 0,
   the same (pid, frame) twice, a box with no pixel on its image, a pid in no test frame, a frame
-  not in the test split.
+  not in the test split; a list without a query line (empty, blank or a header only).
 """
 
 import os
@@ -188,6 +188,9 @@ def read_prw_queries(path: str) -> List[Tuple[int, int, List[float], str]]:
             )
         seen[key] = lineno
         out.append((lineno, pid, box, fields[5]))
+    if not out:
+        what = "empty" if not text.strip() else "no query line"
+        raise AnnotationError(path, f"{what} (expected lines 'pid x y w h frame_name')")
     return out
 
 
