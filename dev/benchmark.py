@@ -11,11 +11,11 @@ model_final.pth (--retrain forces it; an interrupted training resumes from its l
 training numbers come from that run's metrics.json and log.txt (the wall time of a resumed run is
 that of its last segment). Evaluation runs in a fresh process per config, so its peak memory is
 its own, and is saved to OUTPUT_DIR/benchmark.json; a later run reuses it while the checkpoint is
-older and the merged config (file and --opts) is the same (--reevaluate forces it). DET configs
-(TEST.PERSON_SEARCH.DETECTION_ONLY) fill the detection columns only.
+older and the merged config (file, --override files and --opts) is the same (--reevaluate forces
+it). DET configs (TEST.PERSON_SEARCH.DETECTION_ONLY) fill the detection columns only.
 
-    python dev/benchmark.py --config-files configs/mot15/oim_R_18_C4_cpu.yaml \
-        configs/mot15/oim_R_50_C4_cpu.yaml
+    python dev/benchmark.py --config-files configs/mot15/oim_R_18.yaml \
+        configs/mot15/oim_R_50.yaml
 """
 
 import argparse
@@ -36,10 +36,10 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRAIN_NET = os.path.join(REPO_ROOT, "tools", "train_net.py")
 
 
-def load_cfg(config_file, opts):
+def load_cfg(config_file, opts, overrides=()):
     from personsearch_kd import load_config
 
-    return load_config(config_file, opts, freeze=False)
+    return load_config(config_file, opts, freeze=False, overrides=overrides)
 
 
 def config_digest(cfg) -> str:
@@ -82,7 +82,7 @@ class GalleryTimer(nn.Module):
         return outputs
 
 
-def evaluate(config_file, opts, json_file):
+def evaluate(config_file, opts, json_file, overrides=()):
     """Child process: evaluate OUTPUT_DIR/model_final.pth with real and random features."""
     from detectron2.evaluation import DatasetEvaluators, inference_on_dataset
     from detectron2.utils.logger import setup_logger
@@ -95,7 +95,7 @@ def evaluate(config_file, opts, json_file):
     )
 
     setup_logger()
-    cfg = load_cfg(config_file, opts)
+    cfg = load_cfg(config_file, opts, overrides)
     model = build_trained_student(cfg, os.path.join(cfg.OUTPUT_DIR, "model_final.pth"))
     (dataset,) = cfg.DATASETS.TEST
     evaluator = build_person_search_evaluator(cfg, dataset)
@@ -154,26 +154,32 @@ def _fmt(value, spec):
     return "n/a" if value is None else format(value, spec)
 
 
-def train_command(config_file, opts, retrain):
+def train_command(config_file, opts, retrain, overrides=()):
     """
     The tools/train_net.py command line of a config. It resumes an interrupted run from
     OUTPUT_DIR/last_checkpoint (a fresh OUTPUT_DIR starts from MODEL.WEIGHTS) unless ``retrain``.
     """
     resume = [] if retrain else ["--resume"]
-    return [sys.executable, TRAIN_NET, "--config-file", config_file] + resume + list(opts)
+    override = [arg for path in overrides for arg in ("--override", path)]
+    command = [sys.executable, TRAIN_NET, "--config-file", config_file]
+    return command + override + resume + list(opts)
 
 
 def benchmark(args):
     rows = []
     for config_file in args.config_files:
-        cfg = load_cfg(config_file, args.opts)
+        cfg = load_cfg(config_file, args.opts, args.override)
         if args.retrain or not os.path.isfile(os.path.join(cfg.OUTPUT_DIR, "model_final.pth")):
-            subprocess.run(train_command(config_file, args.opts, args.retrain), check=True)
+            subprocess.run(
+                train_command(config_file, args.opts, args.retrain, args.override), check=True
+            )
         json_file = os.path.join(cfg.OUTPUT_DIR, "benchmark.json")
         evaluation = None if args.reevaluate else reusable_evaluation(json_file, cfg)
         if evaluation is None:
             subprocess.run(
-                [sys.executable, __file__, "--evaluate", config_file, "--json", json_file, "--opts"]
+                [sys.executable, __file__, "--evaluate", config_file, "--json", json_file]
+                + [arg for path in args.override for arg in ("--override", path)]
+                + ["--opts"]
                 + args.opts,
                 check=True,
             )
@@ -210,7 +216,7 @@ def benchmark(args):
         "infer s/img",
         "peak mem GB train / eval",
     ]
-    device = load_cfg(args.config_files[0], args.opts).MODEL.DEVICE
+    device = load_cfg(args.config_files[0], args.opts, args.override).MODEL.DEVICE
     lines = [
         f"Hardware: {hardware(device)}. Metrics in % on each config's DATASETS.TEST.",
         "",
@@ -228,6 +234,14 @@ def main():
     parser.add_argument(
         "--reevaluate", action="store_true", help="evaluate even if benchmark.json can be reused"
     )
+    parser.add_argument(
+        "--override",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="a file of config keys merged after each config file (e.g. configs/mot15/gpu.yaml), "
+        "as tools/train_net.py --override; repeatable",
+    )
     parser.add_argument("--evaluate", metavar="FILE", help=argparse.SUPPRESS)
     parser.add_argument("--json", help=argparse.SUPPRESS)
     parser.add_argument(
@@ -235,7 +249,7 @@ def main():
     )
     args = parser.parse_args()
     if args.evaluate:
-        evaluate(args.evaluate, args.opts, args.json)
+        evaluate(args.evaluate, args.opts, args.json, args.override)
     elif not args.config_files:
         parser.error("--config-files is required")
     else:

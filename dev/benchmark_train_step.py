@@ -17,10 +17,10 @@ per step and its share of the step, on the main process.
     python dev/benchmark_train_step.py --config-file configs/scratch/oim_R_18_C4_scratch.yaml \
         configs/scratch/oim_R_50_C4_scratch.yaml --height 576 --width 768 --batch 2 \
         MODEL.DEVICE cpu
-    python dev/benchmark_train_step.py --config-file configs/mot15/oim_R_50_C4_cpu.yaml \
-        configs/mot15/kd_reid_R_50_C4_teacher_R_50_cpu.yaml --height 400 --width 680
-    python dev/benchmark_train_step.py --config-file configs/mot15/reid_crop_R_18_cpu.yaml \
-        configs/mot15/fd_crop_R_18_cpu.yaml   # crop networks: their own P x K crop batch
+    python dev/benchmark_train_step.py --config-file configs/mot15/oim_R_50.yaml \
+        configs/mot15/kd_reid_R_50.yaml --height 400 --width 680
+    python dev/benchmark_train_step.py --config-file configs/mot15/reid_crop_R_18.yaml \
+        configs/mot15/fd_crop_R_18.yaml   # crop networks: their own P x K crop batch
 
 --seqnet-root PATH (a checkout of serend1p1ty/SeqNet) steps SeqNet too, fp32 with random weights
 and its own training settings, on the same synthetic batch (personsearch_kd/utils/

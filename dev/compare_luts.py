@@ -7,7 +7,7 @@ did a KD_reid teacher's table reach the student? Embed the student's own identit
 `export_lut --compute` on its checkpoint, then compare them with the table it was taught and with
 the tables it was not:
 
-    python tools/export_lut.py --config-file configs/mot15/oim_R_18_C4_cpu.yaml --compute \
+    python tools/export_lut.py --config-file configs/mot15/oim_R_18.yaml --compute \
         --weights output/kd_reid_student/model_final.pth --output student_means.pth
     python dev/compare_luts.py student_means.pth teacher_lut.pth random_lut.pth
 

@@ -6,7 +6,7 @@ six partial-view teachers of a factorized-distillation config) on its DATASETS.T
 ground-truth boxes: one Markdown row per teacher alone and one for their plain ensemble
 (:class:`CropReIDEnsemble`, the upper reference of factorized distillation).
 
-    python dev/evaluate_teachers.py --config-file configs/mot15/fd_crop_R_18_cpu.yaml \
+    python dev/evaluate_teachers.py --config-file configs/mot15/fd_crop_R_18.yaml \
         [KEY VALUE ...]
 """
 

@@ -11,7 +11,8 @@
 #      proposals, 100 detections per image, BatchNorm statistics calibrated, as the random
 #      weights find no proposal otherwise) and SeqNet itself alternated in when a checkout of
 #      serend1p1ty/SeqNet is carried as .seqnet/ (or named by $SEQNET_ROOT);
-#   3. trains configs/mot15/oim_R_18_C4_gpu.yaml (SEED 0) to the end and evaluates it
+#   3. trains configs/mot15/oim_R_18.yaml with --override configs/mot15/gpu.yaml (SEED 0) to the
+#      end and evaluates it
 #      (dev/benchmark.py), with mot15-ps-mini under $DATASETS.
 # Every table lands in $OUT (default ./gpu_session). `dev/gpu_session.sh --tiny` runs the same
 # steps on CPU at toy sizes on the shipped sample (what the tests run).
@@ -26,7 +27,8 @@ if [ "${1:-}" = "--tiny" ]; then
     PRECISIONS=(fp32 bf16)
     DEPTHS=(18)
     STEPS=(--warmup 0 --iters 1)
-    TRAIN_CONFIG=configs/mot15/oim_R_18_C4_sample_quickstart.yaml
+    TRAIN_CONFIG=configs/mot15/oim_R_18_sample_quickstart.yaml
+    TRAIN_OVERRIDES=()
     TRAIN_OPTS=(SOLVER.MAX_ITER 2 SOLVER.WARMUP_ITERS 0 SOLVER.STEPS "()" INPUT.MIN_SIZE_TRAIN "(96,)"
         INPUT.MIN_SIZE_TEST 96 MODEL.RPN.POST_NMS_TOPK_TEST 30 TEST.DETECTIONS_PER_IMAGE 10
         DATALOADER.NUM_WORKERS 0 TEST.PERSON_SEARCH.VIS_QUERIES 0)
@@ -37,7 +39,8 @@ else
     PRECISIONS=(fp32 fp16 bf16)
     DEPTHS=(18 50)
     STEPS=(--warmup 2 --iters 10)
-    TRAIN_CONFIG=configs/mot15/oim_R_18_C4_gpu.yaml
+    TRAIN_CONFIG=configs/mot15/oim_R_18.yaml
+    TRAIN_OVERRIDES=(--override configs/mot15/gpu.yaml)
     TRAIN_OPTS=()
     export DETECTRON2_DATASETS="${DATASETS:-shared/data}"
     nvidia-smi > "$OUT/nvidia-smi.txt"
@@ -82,7 +85,7 @@ for depth in "${DEPTHS[@]}"; do
 done
 
 # 3. A full GPU training with its evaluation.
-python3 dev/benchmark.py --config-files "$TRAIN_CONFIG" \
+python3 dev/benchmark.py "${TRAIN_OVERRIDES[@]}" --config-files "$TRAIN_CONFIG" \
     --opts SEED 0 MODEL.DEVICE "$DEVICE" OUTPUT_DIR "$OUT/train" "${TRAIN_OPTS[@]}" \
     > "$OUT/train_and_evaluate.md"
 echo "gpu_session: tables in $OUT"

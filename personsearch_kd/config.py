@@ -249,21 +249,46 @@ def add_gallery_index_config(cfg):
     _C.GALLERY_INDEX.GPU = True
 
 
-def load_config(config_file: str, opts=(), freeze: bool = True):
+def load_config(config_file: str, opts=(), freeze: bool = True, overrides=()):
     """
-    A detectron2 config with this project's keys: the defaults, then ``config_file``, then the
-    KEY VALUE ``opts`` (e.g. a tool's trailing command-line arguments); frozen unless asked not.
+    A detectron2 config with this project's keys: the defaults, then ``config_file``, then each
+    override file of ``overrides`` in order (e.g. the hardware keys of configs/mot15/gpu.yaml, a
+    tool's ``--override FILE``), then the KEY VALUE ``opts`` (e.g. a tool's trailing command-line
+    arguments); frozen unless asked not. An override file holds keys only: one with ``_BASE_`` is
+    an error.
     """
     from detectron2.config import get_cfg
 
     cfg = get_cfg()
     add_personsearch_config(cfg)
     cfg.merge_from_file(config_file)
+    for override in overrides:
+        _merge_override_file(cfg, override)
     cfg.merge_from_list(list(opts))
     check_distillation_config(cfg, config_file)
     if freeze:
         cfg.freeze()
     return cfg
+
+
+def _merge_override_file(cfg, override_file: str) -> None:
+    """
+    Merge the keys of ``override_file`` into ``cfg`` (a config already merged from its file). An
+    override changes keys of a config; it has no base of its own: ``_BASE_`` in it is an error.
+    """
+    import yaml
+    from detectron2.utils.file_io import PathManager
+
+    with PathManager.open(override_file, "r") as f:
+        keys = yaml.safe_load(f) or {}
+    if not isinstance(keys, dict):
+        raise ValueError(f"override file {override_file}: expected KEY: VALUE mappings")
+    if "_BASE_" in keys:
+        raise ValueError(
+            f"override file {override_file}: has _BASE_ {keys['_BASE_']!r}; an override holds "
+            "keys only, merged after the config file (put the base in the config file)"
+        )
+    cfg.merge_from_other_cfg(type(cfg)(keys))
 
 
 def check_distillation_config(cfg, where: str = "the config") -> None:

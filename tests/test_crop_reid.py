@@ -39,7 +39,7 @@ from helpers import PERSONS, synthetic_record, tiny_cfg  # noqa: E402
 def _crop_cfg(**overrides):
     cfg = get_cfg()
     add_personsearch_config(cfg)
-    cfg.merge_from_file(os.path.join(CONFIGS, "mot15", "reid_crop_R_18_cpu.yaml"))
+    cfg.merge_from_file(os.path.join(CONFIGS, "mot15", "reid_crop_R_18.yaml"))
     opts = {
         "MODEL.OIM.NUM_IDS": 6,
         "INPUT.REID_CROP.SIZE": (64, 32),

@@ -28,7 +28,7 @@ from helpers import synthetic_record, tiny_cfg  # noqa: E402
 FD_KEYS = ("loss_fd_map_{}", "loss_fd_feature_{}")
 
 
-def _crop_net_files(tmp_path, name, config="reid_crop_partial_R_18_cpu.yaml", **overrides):
+def _crop_net_files(tmp_path, name, config="reid_crop_partial_R_18.yaml", **overrides):
     """An untrained crop re-ID network of a shipped config, sized for tests: (config, weights)."""
     cfg = get_cfg()
     add_personsearch_config(cfg)
@@ -72,7 +72,7 @@ def test_a_partial_teacher_sees_its_view_of_the_student_crops(tmp_path):
 def _holistic_student_cfg(tmp_path):
     """The config of a holistic crop student (64 x 32 crops) with no teacher yet."""
     config_file, _ = _crop_net_files(
-        tmp_path, "holistic", "reid_crop_R_18_cpu.yaml", **{"INPUT.REID_CROP.SIZE": (64, 32)}
+        tmp_path, "holistic", "reid_crop_R_18.yaml", **{"INPUT.REID_CROP.SIZE": (64, 32)}
     )
     cfg = get_cfg()
     add_personsearch_config(cfg)
@@ -91,7 +91,7 @@ def test_fd_person_search_student_with_dkd_and_kd_reid(tmp_path):
         },
     )
     config_file, weights = _crop_net_files(
-        tmp_path, "holistic", "reid_crop_R_18_cpu.yaml", **{"INPUT.REID_CROP.SIZE": (64, 32)}
+        tmp_path, "holistic", "reid_crop_R_18.yaml", **{"INPUT.REID_CROP.SIZE": (64, 32)}
     )
     add_teacher(cfg, "reid", "CropReIDTeacher", weights, config_file)
     lut = torch.nn.functional.normalize(torch.randn(NUM_IDS, 256), dim=1)
@@ -150,14 +150,14 @@ def test_partial_teacher_and_fd_crop_student_train_on_the_sample(tmp_path):
         "SOLVER.WARMUP_ITERS", "0", "DATALOADER.NUM_WORKERS", "0",
     ]  # fmt: skip
     train_net = [sys.executable, os.path.join(REPO_ROOT, "tools", "train_net.py")]
-    partial = os.path.join(CONFIGS, "mot15", "reid_crop_partial_R_18_cpu.yaml")
+    partial = os.path.join(CONFIGS, "mot15", "reid_crop_partial_R_18.yaml")
     subprocess.run(
         train_net + ["--config-file", partial, *small, "OUTPUT_DIR", str(tmp_path / "up1")],
         env=env, check=True, capture_output=True,
     )  # fmt: skip
     cfg = get_cfg()
     add_personsearch_config(cfg)
-    cfg.merge_from_file(os.path.join(CONFIGS, "mot15", "fd_crop_R_18_cpu.yaml"))
+    cfg.merge_from_file(os.path.join(CONFIGS, "mot15", "fd_crop_R_18.yaml"))
     assert len(cfg.MODEL.FD.TEACHERS) == 6
     for name in cfg.MODEL.FD.TEACHERS:
         spec = cfg.MODEL.TEACHERS[name]

@@ -77,7 +77,7 @@ def test_kd_reid_config_trains_end_to_end_on_the_shipped_sample(tmp_path, shippe
     # An OIM_50 teacher checkpoint (untrained, with a unit-row LUT) exported as the paper does.
     teacher_cfg = get_cfg()
     add_personsearch_config(teacher_cfg)
-    teacher_cfg.merge_from_file(os.path.join(CONFIGS, "mot15", "oim_R_50_C4_cpu.yaml"))
+    teacher_cfg.merge_from_file(os.path.join(CONFIGS, "mot15", "oim_R_50.yaml"))
     teacher_cfg.merge_from_list(["DATASETS.TRAIN", train_set])
     set_seed(0)
     teacher = build_model(teacher_cfg)
@@ -85,14 +85,14 @@ def test_kd_reid_config_trains_end_to_end_on_the_shipped_sample(tmp_path, shippe
     DetectionCheckpointer(teacher, save_dir=str(tmp_path)).save("teacher")
     lut_file = str(tmp_path / "lut.pth")
     load_tool("export_lut").main(
-        ["--config-file", os.path.join(CONFIGS, "mot15", "oim_R_50_C4_cpu.yaml")]
+        ["--config-file", os.path.join(CONFIGS, "mot15", "oim_R_50.yaml")]
         + ["--from-checkpoint", "--weights", str(tmp_path / "teacher.pth")]
         + ["--output", lut_file, "DATASETS.TRAIN", train_set]
     )
 
     output_dir = tmp_path / "student"
     args = default_argument_parser().parse_args(
-        ["--config-file", os.path.join(CONFIGS, "mot15", "kd_reid_R_18_C4_teacher_R_50_cpu.yaml")]
+        ["--config-file", os.path.join(CONFIGS, "mot15", "kd_reid_R_18.yaml")]
         + [
             "MODEL.TEACHERS.table.WEIGHTS",
             lut_file,

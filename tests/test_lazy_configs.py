@@ -44,15 +44,15 @@ VIEWS = ["up1", "mid1", "dn1", "up2", "mid2", "dn2"]
 # method -> (config name in configs/mot15/ and configs/lazy/mot15/, training data, teachers:
 # MODEL.TEACHERS name -> teacher file of the `teacher_files` fixture)
 METHODS = {
-    "OIM_R18": ("oim_R_18_C4_cpu", "images", {}),
-    "OIM_R50": ("oim_R_50_C4_cpu", "images", {}),
-    "KD_reid": ("kd_reid_R_18_C4_teacher_R_18_cpu", "images", {"table": "lut"}),
-    "KD_det": ("kd_det_R_18_C4_teacher_R_50_cpu", "images", {"detector": "det_R_50"}),
-    "DKD": ("dkd_R_18_C4_teacher_reid_R_18_cpu", "images", {"reid": "reid_crop"}),
-    "FD": ("fd_R_18_C4_teacher_partial_R_18_cpu", "images", {v: "partial" for v in VIEWS}),
-    "QEEPS": ("qeeps_R_18_C4_cpu", "pairs", {}),
-    "crop_teacher": ("reid_crop_R_18_cpu", "crops", {}),
-    "FD_crop": ("fd_crop_R_18_cpu", "crops", {v: "partial" for v in VIEWS}),
+    "OIM_R18": ("oim_R_18", "images", {}),
+    "OIM_R50": ("oim_R_50", "images", {}),
+    "KD_reid": ("kd_reid_R_18", "images", {"table": "lut"}),
+    "KD_det": ("kd_det_R_18", "images", {"detector": "det_R_50"}),
+    "DKD": ("dkd_R_18", "images", {"reid": "reid_crop"}),
+    "FD": ("fd_R_18", "images", {v: "partial" for v in VIEWS}),
+    "QEEPS": ("qeeps_R_18", "pairs", {}),
+    "crop_teacher": ("reid_crop_R_18", "crops", {}),
+    "FD_crop": ("fd_crop_R_18", "crops", {v: "partial" for v in VIEWS}),
 }
 
 
@@ -68,10 +68,10 @@ def teacher_files(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("teachers")
     files = {}
     for name, config in [
-        ("det_R_50", "det_R_50_C4_cpu.yaml"),
-        ("reid_crop", "reid_crop_R_18_cpu.yaml"),
-        ("partial", "reid_crop_partial_R_18_cpu.yaml"),
-        ("oim_R_18", "oim_R_18_C4_cpu.yaml"),  # QEEPS starts from an OIM model
+        ("det_R_50", "det_R_50.yaml"),
+        ("reid_crop", "reid_crop_R_18.yaml"),
+        ("partial", "reid_crop_partial_R_18.yaml"),
+        ("oim_R_18", "oim_R_18.yaml"),  # QEEPS starts from an OIM model
     ]:
         set_seed(1)
         model = build_model(load_config(os.path.join(CONFIGS, "mot15", config)))
@@ -355,7 +355,7 @@ def test_eval_only_evaluates_the_student_without_its_teachers(
         "model.student.roi_heads.box_predictor.test_topk_per_image=5",
         "dataloader.evaluator.vis_queries=1",
     ]
-    config = os.path.join(LAZY, "kd_reid_R_18_C4_teacher_R_18_cpu.py")
+    config = os.path.join(LAZY, "kd_reid_R_18.py")
     results = _tool().invoke_main(["--config-file", config, "--eval-only", *overrides])
     metrics = results["person_search"]
     assert {"mAP", "top1", "det_AP", "det_recall"} <= set(metrics)
@@ -371,7 +371,7 @@ def test_tool_answers_bad_input_in_one_line(tmp_path, capsys):
         cwd=REPO_ROOT,
     )
     assert run.returncode == 2 and run.stderr.splitlines()[-1].startswith("error: --config-file")
-    qeeps = os.path.join(LAZY, "qeeps_R_18_C4_cpu.py")
+    qeeps = os.path.join(LAZY, "qeeps_R_18.py")
     for argv, message in [
         (["--eval-only"], "has no dataloader.evaluator"),
         (["model.qsim_iou.x=1"], "KeyError"),

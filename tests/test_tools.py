@@ -61,7 +61,7 @@ def test_benchmark_train_step_prints_a_row_per_config_and_the_kd_teacher_share(t
 def test_benchmark_train_step_steps_crop_networks_on_their_crop_batches():
     # The holistic crop network and a partial-view one (square crops): no ROIs, no teacher.
     configs = [
-        os.path.join(CONFIGS, "mot15", f"reid_crop{v}_R_18_cpu.yaml") for v in ("", "_partial")
+        os.path.join(CONFIGS, "mot15", f"reid_crop{v}_R_18.yaml") for v in ("", "_partial")
     ]
     result = subprocess.run(
         [sys.executable, os.path.join(REPO_ROOT, "dev", "benchmark_train_step.py")]

@@ -113,10 +113,11 @@ class Trainer(DefaultTrainer):
 
 def setup_from_args(args):
     """
-    The frozen config of detectron2's command-line ``args`` (config file, then KEY VALUE opts),
-    with detectron2's run setup (OUTPUT_DIR, config.yaml, logs, seed) and this package's logger.
+    The frozen config of detectron2's command-line ``args`` (config file, then the override files
+    of ``args.override`` if any, then KEY VALUE opts), with detectron2's run setup (OUTPUT_DIR,
+    config.yaml, logs, seed) and this package's logger.
     """
-    cfg = load_config(args.config_file, args.opts)
+    cfg = load_config(args.config_file, args.opts, overrides=getattr(args, "override", None) or ())
     default_setup(cfg, args)
     setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="personsearch_kd")
     return cfg
