@@ -114,7 +114,7 @@ def test_compare_luts_prints_each_table_and_the_first_against_the_others(tmp_pat
     _save(tmp_path / "a.pth", [[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]], person_ids=[0, 1, 2])
     _save(tmp_path / "b.pth", [[1.0, -1.0], [1.0, 0.0], [0.0, 1.0]], person_ids=[2, 0, 1])
     paths = [str(tmp_path / name) for name in ("a.pth", "b.pth")]
-    agreements = load_tool("compare_luts").main([paths[0], paths[1], paths[0]])
+    agreements = load_tool("compare_luts", "dev").main([paths[0], paths[1], paths[0]])
     assert agreements[paths[1]]["row_cosine"] == pytest.approx(2 / 3)
     assert agreements[paths[0]]["structure_correlation"] == pytest.approx(1.0)
     out = capsys.readouterr().out
@@ -122,4 +122,4 @@ def test_compare_luts_prints_each_table_and_the_first_against_the_others(tmp_pat
     assert re.search(rf"\| {re.escape(paths[1])} \| 3 \| 0.667 \| -?0.000 \|", out)
     _save(tmp_path / "c.pth", [[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]], person_ids=[1, 2, 3])
     with pytest.raises(ValueError, match=r"a.pth against .*c.pth: lut_agreement: .* 2 shared"):
-        load_tool("compare_luts").main([paths[0], str(tmp_path / "c.pth")])
+        load_tool("compare_luts", "dev").main([paths[0], str(tmp_path / "c.pth")])
