@@ -7,16 +7,15 @@ it in one place keeps one answer to "which parts of a distillation config does i
 import torch
 
 from detectron2.checkpoint import DetectionCheckpointer
-from detectron2.modeling import build_model
-
-from ..config import load_config, student_config
+from ..config import load_config
+from ..distillation import build_student
 
 __all__ = ["build_trained_student", "load_trained_student"]
 
 
 def build_trained_student(cfg, weights: str = "", resume: bool = False) -> torch.nn.Module:
     """
-    The student of ``cfg`` alone (:func:`student_config`: no teacher is built, so teacher files
+    The student of ``cfg`` alone (:func:`build_student`: no teacher is built, so teacher files
     may be gone), in eval mode, with ``weights`` loaded (a detectron2 checkpoint; nothing is
     loaded when empty).
 
@@ -24,7 +23,7 @@ def build_trained_student(cfg, weights: str = "", resume: bool = False) -> torch
         resume: load the checkpoint that ``cfg.OUTPUT_DIR/last_checkpoint`` names instead, when
             there is one (``train_net.py --eval-only --resume``).
     """
-    model = build_model(student_config(cfg)).eval()
+    model = build_student(cfg).eval()
     checkpointer = DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR)
     if resume:
         checkpointer.resume_or_load(weights, resume=True)
