@@ -10,7 +10,12 @@ Each process (--num-gpus, --num-machines: detectron2's launcher) indexes its sha
 into an exact shard under OUTPUT/shards/, saved every --save-every images; the main process then
 merges the shards into OUTPUT. Images are decoded ahead by a background thread and run
 --batch-size at a time. An interrupted run started again skips what its shards and OUTPUT
-hold; a later run with more inputs adds only the new ones.
+hold; a later run with more inputs adds only the new ones; a run stopped by an error saves
+what it processed first.
+
+An image or video that cannot be read (unreadable, truncated, a frame that cannot be decoded)
+is skipped with a warning and listed in OUTPUT/skipped.json; boxes with no area inside their
+image are not indexed. The last line counts both. A missing input stops the run at once.
 
     python tools/index_gallery.py --config-file configs/mot15/oim_R_18.yaml \
         --input footage/cam1.mp4 photos/ --every 5 --camera cam1 --output gallery_index \
@@ -30,7 +35,7 @@ from personsearch_kd.engine.command_line import (
     require_weights,
     run_cli,
 )
-from personsearch_kd.search import index_gallery
+from personsearch_kd.search import expand_inputs, index_gallery
 
 
 def build_parser():
@@ -42,7 +47,9 @@ def build_parser():
     parser.add_argument("--output", required=True, help="the index directory")
     parser.add_argument("--every", type=int, default=1, help="index every N-th video frame")
     parser.add_argument("--camera", default="", help="camera id recorded with every detection")
-    parser.add_argument("--save-every", type=int, default=200, help="images between saves")
+    parser.add_argument(
+        "--save-every", type=int, default=200, help="images between saves (and on an error)"
+    )
     parser.add_argument(
         "--batch-size", type=int, default=1, help="images per forward pass (batched inference)"
     )
@@ -69,6 +76,7 @@ def main(argv=None):
     for name in ("every", "save_every", "batch_size"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1")
+    expand_inputs(args.input)  # a missing input fails here, before a model is built
     launch_from_args(index, args)
 
 

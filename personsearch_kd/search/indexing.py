@@ -3,25 +3,34 @@
 Indexing a gallery in one process or several (detectron2's launcher): each process adds its share
 of the sources to an exact shard under ``<output>/shards/``, saved as it goes, so that a run
 started again skips what is done; the main process then merges the shards into ``<output>``.
+
+Sources that cannot be read are skipped, not fatal: each shard, then ``<output>``, keeps a report
+of them, ``skipped.json`` (see :func:`read_skip_report`). Boxes with no area inside their image
+are not indexed.
 """
 
+import json
 import logging
 import os
 import shutil
-from typing import Iterator, List, Optional, Sequence
+from contextlib import closing
+from typing import Dict, Iterable, Iterator, List, Optional, Sequence
+
+import numpy as np
+from tqdm import tqdm
 
 from detectron2.utils import comm
-from tqdm import tqdm
 
 from .fingerprint import model_fingerprint
 from .gallery_index import GalleryIndex
-from .sources import count_sources, expand_inputs, prefetch, read_sources
+from .sources import SkippedSource, count_sources, expand_inputs, prefetch, read_sources
 
-__all__ = ["index_gallery", "merge_shards", "open_index"]
+__all__ = ["SKIP_REPORT", "index_gallery", "merge_shards", "open_index", "read_skip_report"]
 
 logger = logging.getLogger(__name__)
 
 SHARDS = "shards"
+SKIP_REPORT = "skipped.json"
 
 
 def open_index(directory: str, model, cfg, factory: Optional[str] = None) -> GalleryIndex:
@@ -41,6 +50,57 @@ def open_index(directory: str, model, cfg, factory: Optional[str] = None) -> Gal
     )
 
 
+def read_skip_report(directory: str) -> List[Dict]:
+    """
+    The sources that indexing into ``directory`` skipped, from its ``skipped.json`` ([] if there
+    is none): ``{"path", "frame", "reason"}`` each, ``frame`` None for a whole file.
+    """
+    path = os.path.join(directory, SKIP_REPORT)
+    if not os.path.isfile(path):
+        return []
+    try:
+        with open(path) as f:
+            entries = json.load(f)
+        return [{"path": e["path"], "frame": e["frame"], "reason": e["reason"]} for e in entries]
+    except (ValueError, KeyError, TypeError) as e:
+        raise ValueError(
+            f"{path}: not a skip report ({e}; expected a list of {{path, frame, reason}}; "
+            "remove it to start a new one)"
+        ) from e
+
+
+def _write_skip_report(directory: str, entries: List[Dict]) -> None:
+    os.makedirs(directory, exist_ok=True)
+    path = os.path.join(directory, SKIP_REPORT)
+    with open(path + ".tmp", "w") as f:
+        json.dump(entries, f, indent=1)
+    os.replace(path + ".tmp", path)  # atomically, as the index files
+
+
+def _merge_skip_reports(
+    earlier: Iterable[Dict], current: Iterable[Dict], read_files: Sequence[str]
+) -> List[Dict]:
+    """
+    The entries of ``earlier`` whose file was not read again (``read_files``), then those of
+    ``current``, one per (path, frame): a file read again is reported as it is now, so a
+    repaired file leaves the report and one still broken stays in it once.
+    """
+    read_again = set(read_files)
+    merged = {}
+    for entry in [e for e in earlier if e["path"] not in read_again] + list(current):
+        merged[(entry["path"], entry["frame"])] = entry
+    return list(merged.values())
+
+
+def _readable(items: Iterator, on_skip) -> Iterator:
+    """The sources of ``items``; its :class:`SkippedSource` items go to ``on_skip`` instead."""
+    for item in items:
+        if isinstance(item, SkippedSource):
+            on_skip(item)
+        else:
+            yield item
+
+
 def _batches(items: Iterator, size: int) -> Iterator[List]:
     batch = []
     for item in items:
@@ -52,14 +112,30 @@ def _batches(items: Iterator, size: int) -> Iterator[List]:
         yield batch
 
 
+def _boxes_with_area(features, boxes, scores, height: int, width: int):
+    """
+    The detections whose box, clipped to the ``height`` x ``width`` image, still has an area
+    (with the clipped boxes), and how many had none: a zero-width box, or one outside the image,
+    has a feature of nothing that can still come back as a match.
+    """
+    boxes = np.clip(boxes, 0, [width, height, width, height])
+    keep = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])  # NaN boxes fail too
+    return features[keep], boxes[keep], scores[keep], int((~keep).sum())
+
+
 def _index_share(
     cfg, model, predictor, files, output, every, camera, save_every, batch_size
-) -> None:
-    """This process's share of the sources into its exact shard, saved every ``save_every``."""
+) -> int:
+    """
+    This process's share of the sources into its exact shard, saved every ``save_every`` and
+    when the loop leaves, by an error too. Returns the number of boxes without area left out.
+    """
     rank, world = comm.get_rank(), comm.get_world_size()
     final = open_index(output, model, cfg) if os.path.isdir(output) else None
     shard_dir = os.path.join(output, SHARDS, f"{rank}-of-{world}")
     shard = open_index(shard_dir, model, cfg, factory="Flat")
+    earlier_skips = read_skip_report(shard_dir)  # of an interrupted run
+    skipped: List[Dict] = []
     position = {"n": 0}  # sources in reading order: process rank takes every world-th one
 
     def wanted(path, frame):
@@ -80,40 +156,61 @@ def _index_share(
         disable=not comm.is_main_process(),
         desc="indexing",
     )
-    since_save = 0
-    for batch in _batches(prefetch(read_sources(files, every, wanted)), batch_size):
-        for source, instances in zip(batch, predictor.detect_batch([s.image for s in batch])):
-            instances = instances[instances.scores >= thresh]
-            shard.add(
-                instances.reid_feats.numpy(),
-                instances.pred_boxes.tensor.numpy(),
-                instances.scores.numpy(),
-                source.path,
-                source.frame,
-                source.time,
-                camera,
-            )
-        progress.update(len(batch))
-        since_save += len(batch)
-        if since_save >= save_every:
-            shard.save(shard_dir)
-            since_save = 0
-    progress.close()
-    shard.save(shard_dir)
+
+    def skip(source: SkippedSource):
+        frame = "" if source.frame is None else f" frame {source.frame}"
+        logger.warning(f"skipped {source.path}{frame}: {source.reason}")
+        skipped.append(source._asdict())
+        progress.update(1)
+
+    def save():
+        shard.save(shard_dir)
+        _write_skip_report(shard_dir, _merge_skip_reports(earlier_skips, skipped, files))
+
+    without_area = since_save = 0
+    try:
+        with closing(prefetch(read_sources(files, every, wanted))) as sources:
+            for batch in _batches(_readable(sources, skip), batch_size):
+                detections = predictor.detect_batch([s.image for s in batch])
+                for source, instances in zip(batch, detections):
+                    instances = instances[instances.scores >= thresh]
+                    features, boxes, scores, dropped = _boxes_with_area(
+                        instances.reid_feats.numpy(),
+                        instances.pred_boxes.tensor.numpy(),
+                        instances.scores.numpy(),
+                        *source.image.shape[:2],
+                    )
+                    shard.add(features, boxes, scores, source.path, source.frame, source.time,
+                              camera)  # fmt: skip
+                    without_area += dropped
+                progress.update(len(batch))
+                since_save += len(batch)
+                if since_save >= save_every:
+                    save()
+                    since_save = 0
+    finally:  # an error loses nothing already processed
+        progress.close()
+        save()
+    return without_area
 
 
-def merge_shards(cfg, model, output: str) -> GalleryIndex:
+def merge_shards(cfg, model, output: str, read_files: Sequence[str] = ()) -> GalleryIndex:
     """
-    Merge every shard of ``output`` into the index there (a new one of ``cfg`` if missing), save
-    it and remove the shards. ``model``: the fingerprint they were built with. Returns the index.
+    Merge every shard of ``output`` into the index there (a new one of ``cfg`` if missing), and
+    their skip reports into its ``skipped.json`` (earlier entries of ``read_files``, the files
+    of the run that made the shards, are replaced by the shards'); save them and remove the
+    shards. ``model``: the fingerprint they were built with. Returns the index.
     """
     final = open_index(output, model, cfg)
     if cfg.GALLERY_INDEX.GPU:
         final.to_gpus()  # training and adding an IVF index is where a GPU pays
     shards = os.path.join(output, SHARDS)
+    skipped = []
     for name in sorted(os.listdir(shards)):
         final.merge(GalleryIndex.load(os.path.join(shards, name), model))
+        skipped += read_skip_report(os.path.join(shards, name))
     final.save(output)
+    _write_skip_report(output, _merge_skip_reports(read_skip_report(output), skipped, read_files))
     shutil.rmtree(shards)
     return final
 
@@ -132,7 +229,9 @@ def index_gallery(
     Index every person that ``predictor`` detects (scoring at least
     TEST.PERSON_SEARCH.SEARCH_SCORE_THRESH) in the sources of ``inputs`` into the directory
     ``output``; run it in every process of a launch. Sources already in ``output`` or in a shard
-    of an interrupted run are skipped.
+    of an interrupted run are skipped. Sources that cannot be read are skipped and listed in
+    ``output/skipped.json`` (:func:`read_skip_report`); boxes with no area inside their image
+    are not indexed. The last log line counts both.
 
     Args:
         cfg: the config of the model ``predictor`` runs (its fingerprint is the index's model).
@@ -140,7 +239,7 @@ def index_gallery(
         inputs: folders, glob patterns, .txt lists, videos (:func:`expand_inputs`).
         every: index every N-th video frame.
         camera: the camera id recorded with every detection.
-        save_every: sources between two saves of a shard.
+        save_every: sources between two saves of a shard (also saved when an error stops it).
         batch_size: images per forward pass.
 
     Returns:
@@ -148,13 +247,17 @@ def index_gallery(
     """
     files = expand_inputs(inputs)
     model = model_fingerprint(cfg)
-    _index_share(cfg, model, predictor, files, output, every, camera, save_every, batch_size)
-    comm.synchronize()
+    without_area = _index_share(
+        cfg, model, predictor, files, output, every, camera, save_every, batch_size
+    )
+    without_area = sum(comm.all_gather(without_area))  # every process's; also the barrier
     if not comm.is_main_process():
         return None
-    final = merge_shards(cfg, model, output)
+    final = merge_shards(cfg, model, output, files)
+    skipped = read_skip_report(output)
     logger.info(
         f"{output}: {len(final)} detections of {final.num_sources} images and frames "
-        f"({final.factory})"
+        f"({final.factory}); {without_area} boxes with no area inside their image not indexed; "
+        f"{len(skipped)} sources skipped, listed in {os.path.join(output, SKIP_REPORT)}"
     )
     return final

@@ -3,6 +3,10 @@
 Gallery sources for indexing: image folders, glob patterns, list files and videos (every N-th
 frame, read with OpenCV), and a source read back for a match. Pure numpy + OpenCV: no detectron2
 import.
+
+A file that cannot be read (unreadable, not an image, truncated, a video that cannot be opened, a
+frame that cannot be decoded, a video that ends before its frame count) is not an error of the
+whole run: the reader yields a :class:`SkippedSource` saying why, and goes on.
 """
 
 import glob
@@ -10,13 +14,14 @@ import math
 import os
 import queue
 import threading
-from typing import Callable, Iterator, List, NamedTuple, Sequence
+from typing import Callable, Iterator, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 import cv2
 import numpy as np
 
 __all__ = [
     "GallerySource",
+    "SkippedSource",
     "VIDEO_EXTENSIONS",
     "count_sources",
     "expand_inputs",
@@ -29,6 +34,13 @@ __all__ = [
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm")
 
+# What a complete file starts and ends with, by format (the file's first bytes, not its name).
+_JPEG_START = b"\xff\xd8"
+_JPEG_SCAN, _JPEG_END = b"\xff\xda", b"\xff\xd9"  # start-of-scan, end-of-image markers
+_PNG_START = b"\x89PNG\r\n\x1a\n"
+_PNG_END = b"\x00\x00\x00\x00IEND\xaeB`\x82"  # the IEND chunk: always these 12 bytes
+_BMP_START = b"BM"
+
 
 class GallerySource(NamedTuple):
     """An image (frame -1, time NaN) or a frame of a video and its time in seconds."""
@@ -37,6 +49,17 @@ class GallerySource(NamedTuple):
     frame: int
     time: float
     image: np.ndarray  # (H, W, 3) uint8 BGR
+
+
+class SkippedSource(NamedTuple):
+    """
+    What is not indexed, and why: a whole file (``frame`` None: an image, or a video that cannot
+    be opened), a video frame that cannot be decoded, or the rest of a video from ``frame`` on.
+    """
+
+    path: str
+    frame: Optional[int]
+    reason: str
 
 
 def expand_inputs(inputs: Sequence[str]) -> List[str]:
@@ -86,41 +109,100 @@ def count_sources(files: Sequence[str], every: int) -> int:
     for path in files:
         if _is_video(path):
             capture = cv2.VideoCapture(path)
-            total += math.ceil(int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) / every)
+            # -1 when OpenCV cannot open the video or does not know its length
+            total += math.ceil(max(0, int(capture.get(cv2.CAP_PROP_FRAME_COUNT))) / every)
             capture.release()
         else:
             total += 1
     return total
 
 
-def read_sources(
-    files: Sequence[str], every: int, wanted: Callable[[str, int], bool]
-) -> Iterator[GallerySource]:
+def _truncation(data: bytes) -> str:
+    """Why the bytes of an image file are incomplete; "" if they are not or of another format."""
+    if data.startswith(_JPEG_START):
+        # The last scan must be followed by the end-of-image marker. Neither marker can occur
+        # inside a scan's coded data (an FF byte there is followed by 00), and the end marker of
+        # an EXIF thumbnail comes before the main image's scans, so the last of each decides.
+        if data.rfind(_JPEG_END) < data.rfind(_JPEG_SCAN):
+            return "truncated JPEG (no end-of-image marker after its last scan)"
+    elif data.startswith(_PNG_START):
+        if data.rfind(_PNG_END) < 0:
+            return "truncated PNG (no IEND chunk)"
+    elif data.startswith(_BMP_START) and len(data) >= 6:
+        size = int.from_bytes(data[2:6], "little")
+        if len(data) < size:
+            return f"truncated BMP ({len(data)} of the {size} bytes its header gives)"
+    return ""
+
+
+def _decode_image(path: str) -> Tuple[Optional[np.ndarray], str]:
     """
-    Yields the images and every ``every``-th frame of the videos for which ``wanted(path,
-    frame)`` is true (the others are skipped without being decoded).
+    ``(image, "")``, or ``(None, why not)`` for a file that cannot be read, is truncated or that
+    OpenCV cannot decode. The file is read once. OpenCV may only warn on a truncated image and
+    return it with its missing part grey (cv2.imread does), hence the check of its end marker.
     """
-    for path in files:
-        if not _is_video(path):
-            if wanted(path, -1):
-                image = cv2.imread(path, cv2.IMREAD_COLOR)
-                if image is None:
-                    raise ValueError(f"{path}: OpenCV cannot read this image")
-                yield GallerySource(path, -1, math.nan, image)
-            continue
-        capture = cv2.VideoCapture(path)
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as e:
+        return None, f"cannot be read ({e.strerror or e})"
+    problem = "empty file" if not data else _truncation(data)  # OpenCV asserts on no bytes
+    if problem:
+        return None, problem
+    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    if image is None:
+        return None, "OpenCV cannot decode this image (not an image, or damaged)"
+    return image, ""
+
+
+def _read_video(
+    path: str, every: int, wanted: Callable[[str, int], bool]
+) -> Iterator[Union[GallerySource, SkippedSource]]:
+    """:func:`read_sources` for one video."""
+    capture = cv2.VideoCapture(path)
+    try:
         if not capture.isOpened():
-            raise ValueError(f"{path}: OpenCV cannot open this video")
+            yield SkippedSource(path, None, "OpenCV cannot open this video")
+            return
         fps = capture.get(cv2.CAP_PROP_FPS) or math.nan
+        length = int(capture.get(cv2.CAP_PROP_FRAME_COUNT))  # -1: unknown
         frame = 0
         while capture.grab():
             if frame % every == 0 and wanted(path, frame):
                 ok, image = capture.retrieve()
-                if not ok:
-                    raise ValueError(f"{path}: frame {frame} cannot be decoded")
-                yield GallerySource(path, frame, frame / fps, image)
+                # One bad frame is skipped and the next ones are read: every process of a launch
+                # must see the same frames, as the share of each is counted in reading order.
+                if ok:
+                    yield GallerySource(path, frame, frame / fps, image)
+                else:
+                    yield SkippedSource(path, frame, f"frame {frame} cannot be decoded")
             frame += 1
+        if frame < length:
+            yield SkippedSource(
+                path, frame, f"frame {frame} cannot be read, but the video has {length} frames "
+                "(damaged or cut short); the frames from it on are not indexed"
+            )  # fmt: skip
+    finally:
         capture.release()
+
+
+def read_sources(
+    files: Sequence[str], every: int, wanted: Callable[[str, int], bool]
+) -> Iterator[Union[GallerySource, SkippedSource]]:
+    """
+    Yields the images and every ``every``-th frame of the videos for which ``wanted(path,
+    frame)`` is true (the others are skipped without being decoded), and a
+    :class:`SkippedSource` for each of those images, and each video, that cannot be read.
+    """
+    for path in files:
+        if _is_video(path):
+            yield from _read_video(path, every, wanted)
+        elif wanted(path, -1):
+            image, problem = _decode_image(path)
+            if image is None:
+                yield SkippedSource(path, None, problem)
+            else:
+                yield GallerySource(path, -1, math.nan, image)
 
 
 def prefetch(sources: Iterator[GallerySource], depth: int = 8) -> Iterator[GallerySource]:
@@ -166,7 +248,9 @@ def prefetch(sources: Iterator[GallerySource], depth: int = 8) -> Iterator[Galle
 def read_source_image(path: str, frame: int = -1) -> np.ndarray:
     """The (H, W, 3) BGR image of a source: the image ``path``, or frame ``frame`` of a video."""
     if frame < 0:
-        image = cv2.imread(path, cv2.IMREAD_COLOR)
+        image, problem = _decode_image(path)  # as it was indexed
+        if image is None:
+            raise FileNotFoundError(f"{path}: {problem}")
     else:
         capture = cv2.VideoCapture(path)
         capture.set(cv2.CAP_PROP_POS_FRAMES, frame)
