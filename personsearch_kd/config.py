@@ -247,6 +247,15 @@ def add_gallery_index_config(cfg):
     # Build and search the index on every GPU where faiss's GPU build is installed and the index
     # type has a GPU version (Flat, IVF); otherwise, and with False, on the CPU.
     _C.GALLERY_INDEX.GPU = True
+    # Recall self-check of an approximate (non-Flat) index once it is built: the recall@10
+    # against exact search to reach, measured on a sample of the index's own features; nprobe
+    # (IVF) or efSearch (HNSW) is raised from SEARCH_PARAMS until it is reached (recorded in
+    # index.json, docs/search.md). 0 turns the check off.
+    _C.GALLERY_INDEX.TARGET_RECALL = 0.95
+    # The most one query's search may take while raising it: p50 ms of GalleryIndex.search on one
+    # CPU thread. 20 ms: under half of the 50 ms search target of docs/search.md and about 1 % of
+    # embedding the query on a CPU (1-2 s per image); exact search of 1M boxes takes 86 ms.
+    _C.GALLERY_INDEX.LATENCY_BUDGET_MS = 20.0
 
 
 def load_config(config_file: str, opts=(), freeze: bool = True, overrides=()):

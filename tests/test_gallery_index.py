@@ -238,3 +238,31 @@ def test_to_gpus_stays_on_the_cpu_without_a_gpu_and_saves_a_cpu_index_from_one(
     index.save(str(tmp_path / "idx"))
     assert copied_back == moved
     assert GalleryIndex.load(str(tmp_path / "idx")).search(_unit(rng, 1), MODEL)
+
+
+def test_an_index_opened_read_only_searches_but_refuses_every_change(tmp_path):
+    rng = np.random.default_rng(10)
+    gallery = _gallery(rng, sources=20, per_source=3)
+    _filled(gallery[:10], factory="IVF4,Flat", search_params="nprobe=2", train_size=100).save(
+        str(tmp_path / "idx")
+    )
+    index = GalleryIndex.load(str(tmp_path / "idx"), MODEL, read_only=True)
+    assert index.read_only and not GalleryIndex.load(str(tmp_path / "idx")).read_only
+    queries = _unit(rng, 3)
+    rows = lambda results: [[m["row"] for m in r] for r in results]  # noqa: E731
+    assert rows(index.search(queries, MODEL)) == rows(_filled(gallery[:10]).search(queries, MODEL))
+    path, camera, time, feats, boxes, scores = gallery[10]
+    changes = {
+        "add": lambda: index.add(feats, boxes, scores, path),
+        "add_sources": lambda: index.add_sources(feats, boxes, scores, [3], [path]),
+        "merge": lambda: index.merge(_filled(gallery[10:])),
+        "train": index.train,
+        "save": lambda: index.save(str(tmp_path / "copy")),
+        "set_search_params": lambda: index.set_search_params("nprobe=4"),
+    }
+    for name, change in changes.items():
+        with pytest.raises(GalleryIndexError, match="the index was opened read-only"):
+            change()
+    assert len(index) == 30 and index.search_params == "nprobe=2"
+    assert not (tmp_path / "copy").exists() and not index.has_source(path)
+    index.to_gpus()  # where faiss has GPUs, a server may still search on them

@@ -137,6 +137,28 @@ def test_an_interrupted_indexing_resumes_without_redoing_finished_images(
     assert json.loads(open(os.path.join(output, "index.json")).read())["num_sources"] == 5
 
 
+def test_an_approximate_index_measures_its_recall_once_built_and_search_reports_it(
+    gallery, tmp_path, capsys
+):
+    output = str(tmp_path / "ivf")
+    _index(gallery, output, "GALLERY_INDEX.FACTORY", "IVF2,Flat", "GALLERY_INDEX.TRAIN_SIZE",
+           "10", "GALLERY_INDEX.SEARCH_PARAMS", "nprobe=1", "GALLERY_INDEX.LATENCY_BUDGET_MS",
+           "1000.0")  # fmt: skip
+    header = json.loads(open(os.path.join(output, "index.json")).read())
+    check = header["recall_check"]
+    assert check["rows"] == 20 and check["queries"] == 20 and check["target"] == 0.95
+    assert check["reached"] and check["recall_at_10"] >= 0.95
+    assert check["ground_truth"] == "exact features"  # the shards' own features
+    assert header["search_params"] == check["search_params"] in ("nprobe=1", "nprobe=2")
+    records = GalleryIndex.load(output).arrays()
+    load_tool("search").main(
+        ["--config-file", gallery["config"], "--index", output, "--query-image",
+         records["path"][3], "--topk", "2", *gallery["opts"]]
+    )  # fmt: skip
+    out = capsys.readouterr().out
+    assert f"IVF2,Flat index of 20 boxes: recall@10 {check['recall_at_10']:.3f}" in out
+
+
 def test_batched_indexing_gives_the_same_index_as_one_image_at_a_time(gallery, tmp_path):
     one, batched = str(tmp_path / "one"), str(tmp_path / "batched")
     _index(gallery, one)

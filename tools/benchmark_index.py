@@ -12,6 +12,12 @@ setting (e.g. "IVF4096,SQ8:nprobe=16|nprobe=32|nprobe=64"). Latency is that of
 throughput and recall are of the faiss search alone, batched. Memory is faiss's index plus the
 metadata arrays (not the Python interpreter's own overhead).
 
+--self-check runs instead the recall self-check that a built approximate index runs
+(personsearch_kd.search.check_recall: nprobe or efSearch raised from the type's PARAMS until
+recall@10 against exact search reaches --target-recall within --latency-budget-ms per query) and
+prints per type the setting chosen, its recall@10 on the index's own rows and on new queries,
+its p50 latency on one thread, and every setting tried.
+
 Synthetic features imitate re-ID galleries instead of uniform noise: N unit vectors in clusters
 of about 10 (one person seen several times: a centre plus noise), 10 boxes per image, queries
 another noisy view of random gallery persons.
@@ -19,6 +25,9 @@ another noisy view of random gallery persons.
     python tools/benchmark_index.py --sizes 1000000 \
         --types Flat "HNSW32:efSearch=64|efSearch=128" "IVF4096,SQ8:nprobe=16|nprobe=32"
     python tools/benchmark_index.py --index gallery_index --types Flat "HNSW32:efSearch=64"
+    python tools/benchmark_index.py --self-check --types "IVF4096,SQ8:nprobe=32"
+    python tools/benchmark_index.py --self-check --types "IVF4096,SQ8:nprobe=32" \
+        --intrinsic-dim 32 --noise 0.3
 """
 
 import argparse
@@ -30,6 +39,7 @@ from personsearch_kd.search import GalleryIndex
 from personsearch_kd.search.index_benchmark import (
     benchmark_index_types,
     feature_statistics,
+    self_check_index_types,
     synthetic_features,
 )
 
@@ -50,6 +60,13 @@ def main(argv=None):
     )
     parser.add_argument("--noise", type=float, default=0.6, help="synthetic views' noise norm")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--self-check", action="store_true", help="run each type's recall self-check instead"
+    )
+    parser.add_argument("--target-recall", type=float, default=0.95, help="for --self-check")
+    parser.add_argument(
+        "--latency-budget-ms", type=float, default=20.0, help="for --self-check (p50, 1 thread)"
+    )
     args = parser.parse_args(argv)
     require_dir(
         parser, "--index", args.index, "a gallery index folder made by tools/index_gallery.py"
@@ -71,6 +88,8 @@ def main(argv=None):
             for n in args.sizes
         )
     print(f"Hardware: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs")
+    if args.self_check:
+        return _self_check(args, datasets)
     print(
         "| features | index | boxes | build s | memory GB | p50 ms 1 thr | p99 ms 1 thr "
         "| p50 ms all | p99 ms all | queries/s (batch) | recall@1 | recall@10 |"
@@ -90,6 +109,44 @@ def main(argv=None):
             all_rows.append((name,) + r[:-1])
             threads = r[-1]
     print(f"(all = {threads} threads)")
+    return all_rows
+
+
+def _self_check(args, datasets):
+    print(
+        f"Recall self-check: target recall@10 {args.target_recall}, budget "
+        f"{args.latency_budget_ms} ms per query (p50, 1 thread)"
+    )
+    print(
+        "| features | index (start) | boxes | build s | check s | setting chosen | recall@10 "
+        "(own rows) | recall@10 (new queries) | p50 ms 1 thr | target reached |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    all_rows = []
+    for name, feats in datasets:
+        print(f"<!-- {name}: {feature_statistics(feats, args.seed)} -->", flush=True)
+        settings = (args.seed, args.train_size, args.boxes_per_image)
+        budget = (args.target_recall, args.latency_budget_ms)
+        queries = min(args.queries, len(feats))
+        for spec, boxes, build_s, check_s, r in self_check_index_types(
+            feats, args.types, queries, *settings, *budget
+        ):
+            if r is None:
+                print(f"| {name} | {spec} | {boxes} | {build_s:.1f} | - | exact | 1 | 1 | - | - |")
+            else:
+                print(
+                    f"| {name} | {spec} | {boxes} | {build_s:.1f} | {check_s:.1f} "
+                    f"| {r['search_params']} | {r['recall_at_10']:.3f} "
+                    f"| {r['new_queries_recall_at_10']:.3f} | {r['p50_ms']:.2f} "
+                    f"| {'yes' if r['reached'] else 'NO'} |"
+                )
+                tried = "; ".join(
+                    f"{t['search_params']}: {t['p50_ms']:.2f} ms"
+                    + ("" if t["recall_at_10"] is None else f", recall@10 {t['recall_at_10']:.3f}")
+                    for t in r["tried"]
+                )
+                print(f"<!-- tried: {tried} -->", flush=True)
+            all_rows.append((name, spec, boxes, build_s, check_s, r))
     return all_rows
 
 

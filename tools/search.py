@@ -3,7 +3,9 @@
 """
 Search a gallery index (tools/index_gallery.py) for the person in a query box or a query crop:
 the ranked matches as a table or JSON, and the ranked-match picture (the query beside its top-k,
-each captioned with its source, frame and time).
+each captioned with its source, frame and time). One line before the table says how far the
+index's results can be trusted: exact search, or the recall@10 its self-check recorded (with
+--json that line goes to stderr; stdout stays the JSON list of matches).
 
     python tools/search.py --config-file configs/mot15/oim_R_18.yaml --index gallery_index \
         --query-image q.jpg --query-box 100 50 160 220 --topk 10 --output matches.jpg \
@@ -13,6 +15,7 @@ each captioned with its source, frame and time).
 import argparse
 import json
 import os
+import sys
 
 import cv2
 from tabulate import tabulate
@@ -33,6 +36,7 @@ from personsearch_kd.search import (
     read_source_image,
     source_caption,
 )
+from personsearch_kd.search.recall_check import describe_recall
 from personsearch_kd.utils import draw_ranked_matches
 
 
@@ -75,6 +79,7 @@ def search(args, query_image, box):
         feature, model, args.topk, per_image=not args.all_boxes, cameras=args.camera,
         time_range=args.time_range,
     )  # fmt: skip
+    print(describe_recall(index), file=sys.stderr if args.json else sys.stdout)
     if args.json:
         print(json.dumps(matches, indent=1))
     else:

@@ -10,7 +10,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .index_files import GalleryIndexError, _faiss, read_index_files, write_index_files
+from .index_files import GalleryIndexError, _faiss, read_index_files, write_index_files, writes
 
 __all__ = ["GalleryIndex", "GalleryIndexError"]
 
@@ -34,6 +34,9 @@ class GalleryIndex:
             or "efSearch=128" (HNSW); "" for faiss's defaults.
         train_size: for index types that need training (IVF, PQ): rows buffered before the index
             is trained on them; until then those rows are searched exactly.
+
+    ``recall_check``: what :func:`.recall_check.check_recall` measured and chose, or None
+    (exact, or unchecked). ``load(..., read_only=True)``: every change raises GalleryIndexError.
     """
 
     def __init__(
@@ -51,8 +54,10 @@ class GalleryIndex:
         self.search_params = ""
         self.train_size = int(train_size)
         self.index = faiss.index_factory(self.dim, factory, faiss.METRIC_INNER_PRODUCT)
-        self.on_gpus = False
-        self.set_search_params(search_params)
+        self.on_gpus, self.read_only = False, False
+        self.recall_check: Optional[Dict] = None
+        self._exact_segments: List[Tuple[int, np.ndarray]] = []  # merge()'s, for check_recall
+        self._apply_search_params(search_params)
         self._pending_parts: List[np.ndarray] = []  # chunks: buffering stays linear in rows
         self._num_pending = 0
         self._sources: Dict[str, list] = {k: [] for k in _SOURCE_FIELDS}
@@ -92,6 +97,7 @@ class GalleryIndex:
         self.add_sources(features, boxes, det_scores, [len(features)], [path], [frame], [time],
                          [camera])  # fmt: skip
 
+    @writes
     def add_sources(
         self,
         features: np.ndarray,
@@ -145,6 +151,7 @@ class GalleryIndex:
         if self._num_pending >= self.train_size:
             self.train()
 
+    @writes
     def train(self) -> None:
         """
         Train the index on the buffered rows now, however many (add() does it on reaching
@@ -166,6 +173,7 @@ class GalleryIndex:
             self._pending_parts = [np.concatenate(self._pending_parts)]
         return self._pending_parts[0]
 
+    @writes
     def merge(self, other: "GalleryIndex") -> None:
         """
         Add every source of ``other`` (an exact "Flat" index of the same model, e.g. one
@@ -186,14 +194,17 @@ class GalleryIndex:
             for source, (path, frame) in enumerate(zip(records["path"], records["frame"]))
             if not self.has_source(str(path), int(frame))
         ]
-        rows = np.isin(records["source"], missing)
+        rows, first = np.isin(records["source"], missing), len(self)
+        features = other.features()[rows]
         self.add_sources(
-            other.features()[rows],
+            features,
             records["box"][rows],
             records["det_score"][rows],
             np.bincount(records["source"], minlength=other.num_sources)[missing],
             *(records[k][missing].tolist() for k in _SOURCE_FIELDS),
         )
+        if self.factory != "Flat" and len(features):  # exact: for check_recall, which frees them
+            self._exact_segments.append((first, features))
 
     def features(self, start: int = 0, stop: Optional[int] = None) -> np.ndarray:
         """The features of rows [start, stop), read back exactly (a Flat index only)."""
@@ -244,11 +255,15 @@ class GalleryIndex:
             self._rows = {k: [v] for k, v in self._cache.items() if k in self._rows}
         return self._cache
 
+    @writes
     def set_search_params(self, search_params: str) -> None:
         """
         Set faiss search parameters for the searches that follow (once, not per query), e.g.
         "nprobe=64" or "efSearch=128"; "" keeps the current ones.
         """
+        self._apply_search_params(search_params)
+
+    def _apply_search_params(self, search_params: str) -> None:
         if search_params:
             faiss = _faiss()
             space = faiss.GpuParameterSpace() if self.on_gpus else faiss.ParameterSpace()
@@ -354,6 +369,7 @@ class GalleryIndex:
                 break
         return matches
 
+    @writes
     def save(self, directory: str) -> None:
         """Write the index to ``directory`` (created); each file is replaced atomically."""
         header = {
@@ -364,6 +380,7 @@ class GalleryIndex:
             "search_params": self.search_params,
             "train_size": self.train_size,
             "model": self.model,
+            "recall_check": self.recall_check,
         }
         faiss_index = _faiss().index_gpu_to_cpu(self.index) if self.on_gpus else self.index
         write_index_files(directory, header, faiss_index, self.arrays(), self._pending)
@@ -382,15 +399,15 @@ class GalleryIndex:
         except RuntimeError:  # no GPU version of this index type
             return False
         self.on_gpus = True
-        self.set_search_params(self.search_params)  # GPU indexes take their own parameters
+        self._apply_search_params(self.search_params)  # GPU indexes take their own parameters
         return True
 
     @classmethod
-    def load(cls, directory: str, model: Optional[Dict[str, str]] = None) -> "GalleryIndex":
+    def load(cls, directory: str, model: Optional[Dict] = None, read_only=False) -> "GalleryIndex":
         """
         Read an index written by :meth:`save`. ``model``, when given, must be the index's model.
-        Fails with :class:`GalleryIndexError` naming the file on a missing, corrupt or
-        mismatched part.
+        ``read_only``: refuse every change (e.g. a server's shared index). Fails with
+        :class:`GalleryIndexError` naming the file on a missing, corrupt or mismatched part.
         """
         header, faiss_index, records, pending = read_index_files(directory)
         if model is not None and dict(model) != header["model"]:
@@ -402,7 +419,7 @@ class GalleryIndex:
         )
         index.index = faiss_index
         try:
-            index.set_search_params(header["search_params"])
+            index._apply_search_params(header["search_params"])
         except GalleryIndexError as e:
             raise GalleryIndexError(f"{directory}/index.json: {e}") from e
         index._pending_parts, index._num_pending = [pending], len(pending)
@@ -412,4 +429,5 @@ class GalleryIndex:
             (str(p), int(f)): i for i, (p, f) in enumerate(zip(records["path"], records["frame"]))
         }
         index._rows = {k: [records[k]] for k in ("source", "box", "det_score")}
+        index.recall_check, index.read_only = header.get("recall_check"), bool(read_only)
         return index

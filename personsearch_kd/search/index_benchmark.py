@@ -3,8 +3,10 @@
 The measurements of tools/benchmark_index.py: gallery-index types (faiss index_factory strings
 with their search parameters) built on given features, their memory, single-query latency of
 ``GalleryIndex.search`` as a user calls it (top-10, one box per image, the metadata looked up),
-batched throughput and recall against exact search; and synthetic features that imitate re-ID
-galleries instead of uniform noise (people seen several times: a centre plus noise).
+batched throughput and recall against exact search; the recall self-check of each type
+(:func:`.recall_check.check_recall`: the setting it chooses, its recall and latency); and
+synthetic features that imitate re-ID galleries instead of uniform noise (people seen several
+times: a centre plus noise).
 """
 
 import time
@@ -12,12 +14,14 @@ import time
 import numpy as np
 
 from .gallery_index import GalleryIndex
+from .recall_check import check_recall
 
 __all__ = [
     "benchmark_index_types",
     "exact_topk",
     "feature_statistics",
     "queries_like",
+    "self_check_index_types",
     "synthetic_features",
 ]
 
@@ -184,4 +188,42 @@ def benchmark_index_types(
                 _recall(found, exact, 10),
                 all_threads,
             )
+        del index
+
+
+def self_check_index_types(
+    feats,
+    types,
+    num_queries: int,
+    seed: int,
+    train_size: int,
+    boxes_per_image: int,
+    target: float,
+    budget_ms: float,
+):
+    """
+    Yields one row per index type as each is measured: the recall self-check a built index runs
+    (:func:`.recall_check.check_recall`, starting from the type's search parameters, on the
+    exact features), then the recall@10 of new queries (other noisy views of gallery persons, as
+    in :func:`benchmark_index_types`) at the setting it chose: (type, boxes, build s, check s,
+    the check's record).
+
+    Args:
+        types: "FACTORY" or "FACTORY:PARAMS" (the setting the check starts from).
+    """
+    queries = queries_like(feats, num_queries, seed)
+    exact = exact_topk(feats, queries, 10)
+    for spec in types:
+        factory, _, params = spec.partition(":")
+        start = time.perf_counter()
+        index = _build(factory, feats, train_size, boxes_per_image)
+        index.set_search_params(params)
+        build_s = time.perf_counter() - start
+        start = time.perf_counter()
+        record = check_recall(index, target, budget_ms, feats, num_queries, seed=seed)
+        check_s = time.perf_counter() - start
+        if record is not None:
+            _, found = index.index.search(queries, 10)
+            record = dict(record, new_queries_recall_at_10=_recall(found, exact, 10))
+        yield spec, len(feats), build_s, check_s, record
         del index

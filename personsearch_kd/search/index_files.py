@@ -7,16 +7,25 @@ The files of a gallery index directory, written and read without pickle:
   source, box, detection score);
 - ``pending.npy``: the features buffered while a trained index type has not seen enough rows;
 - ``index.json``: format version, feature size, counts, index type and parameters, the model
-  fingerprint; written last, so a directory whose header is in place holds consistent files.
+  fingerprint, the recall self-check (``recall_check``: :mod:`.recall_check`; null for exact
+  search, absent from older indexes); written last, so a directory whose header is in place holds
+  consistent files.
 """
 
+import functools
 import json
 import os
 from typing import Dict, Tuple
 
 import numpy as np
 
-__all__ = ["FORMAT_VERSION", "GalleryIndexError", "read_index_files", "write_index_files"]
+__all__ = [
+    "FORMAT_VERSION",
+    "GalleryIndexError",
+    "read_index_files",
+    "write_index_files",
+    "writes",
+]
 
 FORMAT_VERSION = 1
 _REQUIRED = ("index.json", "records.npz", "index.faiss")
@@ -24,6 +33,18 @@ _REQUIRED = ("index.json", "records.npz", "index.faiss")
 
 class GalleryIndexError(ValueError):
     """A gallery index that cannot be used: corrupt, of another format, model or feature size."""
+
+
+def writes(method):
+    """A method that changes the index: refused on one opened read-only (``read_only``)."""
+
+    @functools.wraps(method)
+    def checked(self, *args, **kwargs):
+        if self.read_only:
+            raise GalleryIndexError(f"{method.__name__}: the index was opened read-only")
+        return method(self, *args, **kwargs)
+
+    return checked
 
 
 def _faiss():

@@ -23,6 +23,7 @@ from detectron2.utils import comm
 
 from .fingerprint import model_fingerprint
 from .gallery_index import GalleryIndex
+from .recall_check import check_recall, describe_recall
 from .sources import SkippedSource, count_sources, expand_inputs, prefetch, read_sources
 
 __all__ = ["SKIP_REPORT", "index_gallery", "merge_shards", "open_index", "read_skip_report"]
@@ -36,7 +37,8 @@ SKIP_REPORT = "skipped.json"
 def open_index(directory: str, model, cfg, factory: Optional[str] = None) -> GalleryIndex:
     """
     The index in ``directory`` if there is one (it must be of ``model``), else a new one of
-    ``cfg.GALLERY_INDEX`` (``factory`` replaces its FACTORY) for ``cfg``'s feature size.
+    ``cfg.GALLERY_INDEX`` for ``cfg``'s feature size; ``factory`` replaces its FACTORY and,
+    being another type, takes faiss's default search parameters (an exact shard has none).
     """
     if os.path.isfile(os.path.join(directory, "index.json")):
         return GalleryIndex.load(directory, model)
@@ -45,7 +47,7 @@ def open_index(directory: str, model, cfg, factory: Optional[str] = None) -> Gal
         cfg.MODEL.OIM.EMBED_DIM,
         model,
         factory or index_cfg.FACTORY,
-        index_cfg.SEARCH_PARAMS,
+        "" if factory else index_cfg.SEARCH_PARAMS,
         index_cfg.TRAIN_SIZE,
     )
 
@@ -199,16 +201,22 @@ def merge_shards(cfg, model, output: str, read_files: Sequence[str] = ()) -> Gal
     Merge every shard of ``output`` into the index there (a new one of ``cfg`` if missing), and
     their skip reports into its ``skipped.json`` (earlier entries of ``read_files``, the files
     of the run that made the shards, are replaced by the shards'); save them and remove the
-    shards. ``model``: the fingerprint they were built with. Returns the index.
+    shards. An approximate index that grew then runs its recall self-check
+    (:func:`.recall_check.check_recall` with GALLERY_INDEX.TARGET_RECALL and LATENCY_BUDGET_MS),
+    which chooses and records its search setting. ``model``: the fingerprint they were built
+    with. Returns the index.
     """
     final = open_index(output, model, cfg)
     if cfg.GALLERY_INDEX.GPU:
         final.to_gpus()  # training and adding an IVF index is where a GPU pays
     shards = os.path.join(output, SHARDS)
-    skipped = []
+    skipped, before = [], len(final)
     for name in sorted(os.listdir(shards)):
         final.merge(GalleryIndex.load(os.path.join(shards, name), model))
         skipped += read_skip_report(os.path.join(shards, name))
+    if len(final) > before or final.recall_check is None:
+        index_cfg = cfg.GALLERY_INDEX
+        check_recall(final, index_cfg.TARGET_RECALL, index_cfg.LATENCY_BUDGET_MS)
     final.save(output)
     _write_skip_report(output, _merge_skip_reports(read_skip_report(output), skipped, read_files))
     shutil.rmtree(shards)
@@ -258,6 +266,7 @@ def index_gallery(
     logger.info(
         f"{output}: {len(final)} detections of {final.num_sources} images and frames "
         f"({final.factory}); {without_area} boxes with no area inside their image not indexed; "
-        f"{len(skipped)} sources skipped, listed in {os.path.join(output, SKIP_REPORT)}"
+        f"{len(skipped)} sources skipped, listed in {os.path.join(output, SKIP_REPORT)}; "
+        + describe_recall(final)
     )
     return final
