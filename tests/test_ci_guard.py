@@ -41,3 +41,23 @@ def test_without_ci_missing_detectron2_skips_and_says_how_many():
     assert result.returncode == 0, result.stdout + result.stderr
     assert "1 skipped" in result.stdout
     assert "1 test file(s) that need it were SKIPPED" in result.stdout
+
+
+def _run_browser_test_without_chromium(ci):
+    env = dict(os.environ, PATH=os.path.dirname(sys.executable))  # no chromium on this PATH
+    env.pop("CI", None)
+    if ci:
+        env["CI"] = "true"
+    return subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+         "tests/test_app_browser.py"],
+        cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+
+
+def test_ci_without_chromium_fails_the_browser_test_instead_of_skipping_it():
+    result = _run_browser_test_without_chromium(ci=True)
+    assert result.returncode != 0, result.stdout + result.stderr
+    assert "CI: chromium and chromedriver are needed" in result.stdout + result.stderr
+    result = _run_browser_test_without_chromium(ci=False)
+    assert "1 skipped" in result.stdout, result.stdout + result.stderr  # the whole module

@@ -39,6 +39,7 @@ TOOLS = {
     "benchmark_index": "main",
     "benchmark_inference": "main",
     "make_mot_sample": "main",
+    "serve": "main",
 }
 
 
@@ -118,6 +119,17 @@ CASES = [
     ("index_gallery", "bad option",
      lambda f: ["--config-file", f["config"], "--input", "x", "--output", "o", "--every", "0"],
      "--every must be at least 1"),
+    # serve.py
+    ("serve", "missing index",
+     lambda f: ["--config-file", f["config"], "--index", f["missing"]],
+     "--index {missing}: no such folder (expected a gallery index folder made by "
+     "tools/index_gallery.py)"),
+    ("serve", "corrupt index",
+     lambda f: ["--config-file", f["config"], "--index", f["bad_index"], "MODEL.WEIGHTS",
+                f["weights"]],
+     "{bad_index}/records.npz: missing; not a gallery index"),
+    ("serve", "bad port", lambda f: ["--config-file", f["config"], "--index", f["dir"], "--port",
+                                     "70000"], "--port 70000: expected 1 to 65535"),
     # search.py
     ("search", "missing index",
      lambda f: ["--config-file", f["config"], "--index", f["missing"], "--query-image",
