@@ -14,10 +14,10 @@ import numpy as np  # noqa: E402
 from fastapi.testclient import TestClient  # noqa: E402
 
 from personsearch_kd.app import build_gallery_search, create_app  # noqa: E402
-from personsearch_kd.search import GalleryIndexError  # noqa: E402
+from personsearch_kd.search import GalleryIndex, GalleryIndexError  # noqa: E402
 
-from app_fixtures import build_app_gallery  # noqa: E402
-from helpers import load_tool  # noqa: E402
+from app_fixtures import build_app_gallery, served  # noqa: E402
+from helpers import cli_error, load_tool  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -186,3 +186,35 @@ def test_the_index_is_opened_read_only(gallery, search, client):
     assert digests() == before
     with pytest.raises(GalleryIndexError, match="read-only"):
         search.index.save(gallery["index"])
+
+
+def test_the_load_benchmark_queries_a_grown_index_without_errors(gallery, tmp_path, capsys):
+    grown_dir = str(tmp_path / "grown")
+    load_tool("grow_gallery_index", "dev").main(
+        ["--index", gallery["index"], "--output", grown_dir, "--boxes", "100"]
+    )
+    grown = GalleryIndex.load(grown_dir)
+    original = GalleryIndex.load(gallery["index"])
+    assert len(grown) == 105 and grown.num_sources == 3 * original.num_sources
+    assert grown.arrays()["box"][:35].tolist() == original.arrays()["box"].tolist()
+    copies = grown.arrays()["path"][original.num_sources :]
+    assert all(os.path.realpath(p) in set(original.arrays()["path"].tolist()) for p in copies)
+
+    app = create_app(build_gallery_search(gallery["cfg"], grown_dir))
+    with served(app) as url:
+        capsys.readouterr()
+        rows = load_tool("benchmark_serve").main(
+            ["--url", url, "--clients", "1", "3", "--seconds", "2", "--topk", "4",
+             "--server-pid", str(os.getpid())]
+        )  # fmt: skip
+    assert [r["clients"] for r in rows] == [1, 3]
+    assert all(r["queries"] > 0 and r["errors"] == 0 for r in rows)
+    assert all(r["rss_before_mb"] > 0 and r["rss_after_mb"] > 0 for r in rows)
+    out = capsys.readouterr().out
+    assert "105 boxes in 21 images and frames; Flat index of 105 boxes: exact search" in out
+    assert out.count("\n| 1 | ") == 1 and out.count("\n| 3 | ") == 1
+
+
+def test_the_load_benchmark_answers_a_wrong_address_in_one_line(capsys):
+    line = cli_error(capsys, load_tool("benchmark_serve").main, ["--url", "http://127.0.0.1:9"])
+    assert line.startswith("error: --url http://127.0.0.1:9: no web app answers there")

@@ -6,9 +6,6 @@ The web app in a real browser: headless Chromium (Debian's chromium and chromium
 
 import os
 import shutil
-import socket
-import threading
-import time
 
 import pytest
 
@@ -22,7 +19,6 @@ if not (CHROMIUM and CHROMEDRIVER):
     pytest.skip("Debian's chromium and chromium-driver are not installed", allow_module_level=True)
 
 import httpx  # noqa: E402
-import uvicorn  # noqa: E402
 from selenium import webdriver  # noqa: E402
 from selenium.webdriver.chrome.service import Service  # noqa: E402
 from selenium.webdriver.common.action_chains import ActionChains  # noqa: E402
@@ -32,31 +28,15 @@ from selenium.webdriver.support.ui import Select, WebDriverWait  # noqa: E402
 
 from personsearch_kd.app import build_gallery_search, create_app  # noqa: E402
 
-from app_fixtures import build_app_gallery  # noqa: E402
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from app_fixtures import build_app_gallery, served  # noqa: E402
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory):
-    """The app over the test gallery, served by uvicorn in a thread: (url, gallery)."""
+def served_app(tmp_path_factory):
+    """The app over the test gallery, served on loopback: (url, gallery)."""
     gallery = build_app_gallery(tmp_path_factory.mktemp("browser"))
-    app = create_app(build_gallery_search(gallery["cfg"], gallery["index"]))
-    port = _free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.time() + 30
-    while not server.started and time.time() < deadline:
-        time.sleep(0.05)
-    assert server.started, "uvicorn did not start"
-    yield f"http://127.0.0.1:{port}", gallery
-    server.should_exit = True
-    thread.join(timeout=10)
+    with served(create_app(build_gallery_search(gallery["cfg"], gallery["index"]))) as url:
+        yield url, gallery
 
 
 @pytest.fixture
@@ -114,8 +94,8 @@ def _drag(driver, element, start, end):
     ).click_and_hold().move_by_offset(end[0] - start[0], end[1] - start[1]).release().perform()
 
 
-def test_upload_draw_search_open_a_match_and_filter(served, browser, tmp_path):
-    url, gallery = served
+def test_upload_draw_search_open_a_match_and_filter(served_app, browser, tmp_path):
+    url, gallery = served_app
     browser.get(url)
     header = "35 persons in 7 images and frames · Flat index of 35 boxes: exact search"
     _wait(browser, lambda d: d.find_element(By.ID, "index-info").text == header)
@@ -163,8 +143,8 @@ def test_upload_draw_search_open_a_match_and_filter(served, browser, tmp_path):
     assert os.path.getsize(screenshot) > 10_000
 
 
-def test_pick_a_person_in_an_indexed_frame(served, browser):
-    url, gallery = served
+def test_pick_a_person_in_an_indexed_frame(served_app, browser):
+    url, gallery = served_app
     browser.get(url)
     _wait(browser, lambda d: "persons" in d.find_element(By.ID, "index-info").text)
     browser.find_element(By.ID, "tab-browse").click()
