@@ -2,13 +2,8 @@
 """A small gallery index of the shipped sample (two cameras, a video, images) for the app tests."""
 
 import os
-import socket
-import threading
-import time
-from contextlib import contextmanager
 
 import cv2
-import uvicorn
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.modeling import build_model
 
@@ -60,23 +55,3 @@ def build_app_gallery(root) -> dict:
     index_gallery(cfg, predictor, [folder], index, camera="cam2")
     return {"config": config, "opts": opts, "cfg": cfg, "index": index, "video": video,
             "images": images}  # fmt: skip
-
-
-@contextmanager
-def served(app):
-    """``app`` served by uvicorn in a thread on a free loopback port: yields its address."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.time() + 30
-    while not server.started and time.time() < deadline:
-        time.sleep(0.05)
-    assert server.started, "uvicorn did not start"
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)

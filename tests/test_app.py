@@ -13,10 +13,10 @@ import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 from fastapi.testclient import TestClient  # noqa: E402
 
-from personsearch_kd.app import build_gallery_search, create_app  # noqa: E402
+from personsearch_kd.app import build_gallery_search, create_app, served  # noqa: E402
 from personsearch_kd.search import GalleryIndex, GalleryIndexError  # noqa: E402
 
-from app_fixtures import build_app_gallery, served  # noqa: E402
+from app_fixtures import build_app_gallery  # noqa: E402
 from helpers import cli_error, load_tool  # noqa: E402
 
 

@@ -26,9 +26,9 @@ from selenium.common.exceptions import StaleElementReferenceException  # noqa: E
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.support.ui import Select, WebDriverWait  # noqa: E402
 
-from personsearch_kd.app import build_gallery_search, create_app  # noqa: E402
+from personsearch_kd.app import build_gallery_search, create_app, served  # noqa: E402
 
-from app_fixtures import build_app_gallery, served  # noqa: E402
+from app_fixtures import build_app_gallery  # noqa: E402
 
 
 @pytest.fixture(scope="module")

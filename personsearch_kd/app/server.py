@@ -6,7 +6,13 @@ FastAPI documents the API itself at ``/docs`` (OpenAPI: ``/openapi.json``).
 
 import os
 import secrets
-from typing import List, Optional
+import socket
+import threading
+import time
+from contextlib import contextmanager
+from typing import Iterator, List, Optional
+
+import uvicorn
 
 from fastapi import FastAPI, File, Form, Query, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
@@ -17,7 +23,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .service import AppInputError, GallerySearch, decode_upload
 
-__all__ = ["create_app"]
+__all__ = ["create_app", "served"]
 
 STATIC = os.path.join(os.path.dirname(os.path.abspath(__file__)), "static")
 TOKEN_COOKIE = "personsearch_token"
@@ -179,3 +185,27 @@ def create_app(
         return search.search_source(source_id, query.box, **filters)
 
     return app
+
+
+@contextmanager
+def served(app: FastAPI, host: str = "127.0.0.1") -> Iterator[str]:
+    """
+    ``app`` served by uvicorn in a background thread on a free port of ``host`` while the block
+    runs (tests, scripts that drive a browser): yields its address, e.g. "http://127.0.0.1:41234".
+    """
+    with socket.socket() as s:
+        s.bind((host, 0))
+        port = s.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.time() + 30
+    while not server.started and thread.is_alive() and time.time() < deadline:
+        time.sleep(0.05)
+    if not server.started:
+        raise RuntimeError(f"uvicorn did not start on {host}:{port}")
+    try:
+        yield f"http://{host}:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
