@@ -2,7 +2,7 @@
 # Copyright (c) personsearch_kd contributors. Licensed under the Apache License 2.0.
 from setuptools import find_packages, setup
 
-APP = ["fastapi", "uvicorn", "python-multipart"]
+APP = ["fastapi", "uvicorn", "python-multipart", "httpx"]
 
 setup(
     name="personsearch_kd",
@@ -25,7 +25,7 @@ setup(
     ],
     extras_require={
         # The web app (tools/serve.py): FastAPI for the API and its OpenAPI page, uvicorn to
-        # serve it, python-multipart for uploads.
+        # serve it, python-multipart for uploads; httpx: tools/benchmark_serve.py's client.
         "app": APP,
         # scikit-learn: the reference average_precision_score the metric tests compare against;
         # httpx2: FastAPI's test client; selenium: the browser test (drives Debian's chromium).
