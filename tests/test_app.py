@@ -3,6 +3,7 @@
 
 import hashlib
 import os
+import sys
 
 import pytest
 
@@ -218,3 +219,10 @@ def test_the_load_benchmark_queries_a_grown_index_without_errors(gallery, tmp_pa
 def test_the_load_benchmark_answers_a_wrong_address_in_one_line(capsys):
     line = cli_error(capsys, load_tool("benchmark_serve").main, ["--url", "http://127.0.0.1:9"])
     assert line.startswith("error: --url http://127.0.0.1:9: no web app answers there")
+
+
+def test_serve_without_the_app_packages_says_how_to_install_them(gallery, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "uvicorn", None)  # as if not installed
+    line = cli_error(capsys, load_tool("serve").main,
+                     ["--index", gallery["index"], "--config-file", gallery["config"]])
+    assert line == "error: uvicorn not installed: the web app needs pip install -e '.[app]'"

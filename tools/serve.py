@@ -11,13 +11,11 @@ at /docs. The index is opened read-only; only its own sources are served.
 """
 
 import argparse
+import importlib.util
 import ipaddress
 import logging
 
-import uvicorn
-
 from personsearch_kd import load_config
-from personsearch_kd.app import build_gallery_search, create_app
 from personsearch_kd.engine.command_line import (
     one_line_errors,
     require_dir,
@@ -52,6 +50,13 @@ def _loopback(host: str) -> bool:
         return host == "localhost"
 
 
+def _installed(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ValueError:  # in sys.modules as None: hidden on purpose (tests)
+        return False
+
+
 def main(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -63,6 +68,14 @@ def main(argv=None):
         parser.error(f"--port {args.port}: expected 1 to 65535")
     if args.max_upload_mb <= 0:
         parser.error("--max-upload-mb must be positive")
+    missing = [m for m in ("fastapi", "uvicorn", "python_multipart") if not _installed(m)]
+    if missing:
+        needed = "the web app needs pip install -e '.[app]'"
+        parser.error(f"{', '.join(missing)} not installed: {needed}")
+    import uvicorn
+
+    from personsearch_kd.app import build_gallery_search, create_app
+
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if not _loopback(args.host) and not args.token:
         logger.warning(
