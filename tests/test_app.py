@@ -144,6 +144,12 @@ def test_bad_uploads_get_a_clear_4xx_and_the_server_keeps_running(client, galler
     answer = _upload(client, str(big))
     assert answer.status_code == 413 and "larger than 1 MB" in answer.json()["detail"]
     image = gallery["images"][0]
+    cut = tmp_path / "cut.jpg"  # OpenCV would decode its first two thirds and grey below
+    cut.write_bytes(open(image, "rb").read()[: os.path.getsize(image) * 2 // 3])
+    answer = _upload(client, str(cut), [1, 1, 20, 20])
+    assert answer.status_code == 415 and answer.json()["detail"] == (
+        "cut.jpg: truncated JPEG (no end-of-image marker after its last scan)"
+    )
     for box, expected in [
         ([10, 10, 10, 50], "a box of zero area"),
         ([-5, 0, 40, 40], "expected 0 <= x0 < x1"),

@@ -150,7 +150,9 @@ def test_broken_files_are_skipped_and_reported_and_the_good_ones_indexed(
     assert "cannot decode" in report["broken.jpg"]["reason"]
     assert "truncated JPEG" in report["cut.jpg"]["reason"]
     assert any("skipped" in m and "broken.jpg" in m for m in log)
-    assert log[-1].endswith(f"2 sources skipped, listed in {output}/skipped.json")
+    assert log[-1].endswith(
+        f"2 sources skipped, listed in {output}/skipped.json; Flat index of 9 boxes: exact search"
+    )
     assert "0 boxes with no area" in log[-1]
 
     # Run again: nothing is processed twice, the report keeps its two entries once each.

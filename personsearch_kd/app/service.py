@@ -18,7 +18,7 @@ import numpy as np
 
 from ..search.gallery_index import GalleryIndex
 from ..search.recall_check import describe_recall
-from ..search.sources import read_source_image, source_caption
+from ..search.sources import image_truncation, read_source_image, source_caption
 
 __all__ = ["AppInputError", "GallerySearch", "decode_upload"]
 
@@ -39,6 +39,9 @@ class AppInputError(ValueError):
 
 def decode_upload(data: bytes, name: str) -> np.ndarray:
     """The (H, W, 3) BGR image of an uploaded file, or a 415 naming the file."""
+    truncated = image_truncation(data)  # OpenCV may decode it half grey, with a warning only
+    if truncated:
+        raise AppInputError(415, f"{name}: {truncated}")
     image = None
     if data:
         image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)

@@ -25,6 +25,7 @@ __all__ = [
     "VIDEO_EXTENSIONS",
     "count_sources",
     "expand_inputs",
+    "image_truncation",
     "prefetch",
     "read_source_image",
     "read_sources",
@@ -117,7 +118,7 @@ def count_sources(files: Sequence[str], every: int) -> int:
     return total
 
 
-def _truncation(data: bytes) -> str:
+def image_truncation(data: bytes) -> str:
     """Why the bytes of an image file are incomplete; "" if they are not or of another format."""
     if data.startswith(_JPEG_START):
         # The last scan must be followed by the end-of-image marker. Neither marker can occur
@@ -146,7 +147,7 @@ def _decode_image(path: str) -> Tuple[Optional[np.ndarray], str]:
             data = f.read()
     except OSError as e:
         return None, f"cannot be read ({e.strerror or e})"
-    problem = "empty file" if not data else _truncation(data)  # OpenCV asserts on no bytes
+    problem = "empty file" if not data else image_truncation(data)  # OpenCV asserts on no bytes
     if problem:
         return None, problem
     image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
