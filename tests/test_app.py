@@ -222,11 +222,6 @@ def test_the_load_benchmark_queries_a_grown_index_without_errors(gallery, tmp_pa
     assert out.count("\n| 1 | ") == 1 and out.count("\n| 3 | ") == 1
 
 
-def test_the_load_benchmark_answers_a_wrong_address_in_one_line(capsys):
-    line = cli_error(capsys, load_tool("benchmark_serve").main, ["--url", "http://127.0.0.1:9"])
-    assert line.startswith("error: --url http://127.0.0.1:9: no web app answers there")
-
-
 def test_serve_without_the_app_packages_says_how_to_install_them(gallery, capsys, monkeypatch):
     monkeypatch.setitem(sys.modules, "uvicorn", None)  # as if not installed
     line = cli_error(capsys, load_tool("serve").main,

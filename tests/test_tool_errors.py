@@ -40,6 +40,7 @@ TOOLS = {
     "benchmark_inference": "main",
     "make_mot_sample": "main",
     "serve": "main",
+    "benchmark_serve": "main",
 }
 
 
@@ -228,6 +229,13 @@ CASES = [
     ("benchmark_inference", "bad option",
      lambda f: ["--config-files", f["config"], "--precision", "fp7"],
      "argument --precision: invalid choice: 'fp7'"),
+    # benchmark_serve.py
+    ("benchmark_serve", "no server", lambda f: ["--url", "http://127.0.0.1:9", "--seconds", "1"],
+     "--url http://127.0.0.1:9: no web app answers there"),
+    ("benchmark_serve", "bad option", lambda f: ["--clients", "0"],
+     "--clients must be at least 1 and --seconds positive"),
+    ("benchmark_serve", "missing process", lambda f: ["--server-pid", "999999999"],
+     "--server-pid 999999999: no such process"),
     # make_mot_sample.py
     ("make_mot_sample", "missing folder", lambda f: ["--src", f["missing"], "--dst", "d"],
      "--src {missing}: no split.json (expected a MOTChallenge person-search folder)"),
