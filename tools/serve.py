@@ -11,6 +11,8 @@ at /docs. The index is opened read-only; only its own sources are served.
 """
 
 import argparse
+import ctypes
+import ctypes.util
 import importlib.util
 import ipaddress
 import logging
@@ -50,6 +52,18 @@ def _loopback(host: str) -> bool:
         return host == "localhost"
 
 
+def _limit_malloc_arenas(arenas: int = 2) -> None:
+    """
+    Cap glibc's malloc arenas (no effect elsewhere). Each of the server's request threads would
+    otherwise get its own arena, and 32 concurrent clients left the server at 1.5 GB instead of
+    1.1 GB, with the same latency (docs/search.md, Under load).
+    """
+    libc = ctypes.util.find_library("c")
+    mallopt = getattr(ctypes.CDLL(libc), "mallopt", None) if libc else None
+    if mallopt is not None:
+        mallopt(-8, arenas)  # M_ARENA_MAX
+
+
 def _installed(module: str) -> bool:
     try:
         return importlib.util.find_spec(module) is not None
@@ -87,6 +101,7 @@ def main(argv=None):
     app = create_app(build_gallery_search(cfg, args.index), args.token, args.max_upload_mb)
     query = f"/?token={args.token}" if args.token else "/"
     logger.info(f"searching {args.index}: open http://{args.host}:{args.port}{query}")
+    _limit_malloc_arenas()
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
 
 
