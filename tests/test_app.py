@@ -166,6 +166,8 @@ def test_bad_uploads_get_a_clear_4xx_and_the_server_keeps_running(client, galler
     assert answer.status_code == 422 and "give both" in answer.json()["detail"]
     answer = client.post("/api/sources/0/search", json={"box": [1, 2, 3]})
     assert answer.status_code == 422
+    chunked = client.post("/api/search", content=iter([b"--x"]))  # no Content-Length
+    assert chunked.status_code == 411 and "Content-Length" in chunked.json()["detail"]
     assert _upload(client, image).status_code == 200  # still serving
 
 
