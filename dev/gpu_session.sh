@@ -25,6 +25,8 @@ if [ "${1:-}" = "--tiny" ]; then
     DEVICE=cpu
     SIZES=("96 128")
     PRECISIONS=(fp32 bf16)
+    # Inference refuses a precision the CPU would emulate; auto is bf16 where it is native.
+    INFERENCE_PRECISIONS=(fp32 auto)
     DEPTHS=(18)
     STEPS=(--warmup 0 --iters 1)
     TRAIN_CONFIG=configs/mot15/oim_R_18_sample_quickstart.yaml
@@ -37,6 +39,7 @@ else
     DEVICE=cuda
     SIZES=("576 768" "900 1500")
     PRECISIONS=(fp32 fp16 bf16)
+    INFERENCE_PRECISIONS=(fp32 fp16 bf16)
     DEPTHS=(18 50)
     STEPS=(--warmup 2 --iters 10)
     TRAIN_CONFIG=configs/mot15/oim_R_18.yaml
@@ -76,7 +79,7 @@ for depth in "${DEPTHS[@]}"; do
             "${STEPS[@]}" MODEL.DEVICE "$DEVICE" MODEL.OIM.NUM_IDS 5532 \
             > "$OUT/train_step_R${depth}_${height}x${width}.md"
         python3 tools/benchmark_inference.py --config-files "$config" \
-            --precision "${PRECISIONS[@]}" --reid-on-proposals 0 1 --height "$height" \
+            --precision "${INFERENCE_PRECISIONS[@]}" --reid-on-proposals 0 1 --height "$height" \
             --width "$width" "${STEPS[@]}" --calibrate-bn 2 --score-thresh 0 "${SEQNET[@]}" \
             MODEL.DEVICE "$DEVICE" MODEL.RPN.PRE_NMS_TOPK_TEST 6000 \
             MODEL.RPN.POST_NMS_TOPK_TEST 300 TEST.DETECTIONS_PER_IMAGE 100 \

@@ -225,8 +225,10 @@ def add_search_config(cfg):
     # Take each detection's re-ID feature from the detector's own res5 pass over its proposal
     # (the original OIM) instead of embedding the regressed box again (a second res5 pass).
     _C.TEST.PERSON_SEARCH.REID_ON_PROPOSALS = False
-    # Inference precision of PersonSearchRCNN: "fp32", or "bf16" / "fp16" autocast (bf16 on CPUs
-    # with AVX-512 BF16 or AMX; the re-ID features stay fp32).
+    # Inference precision of PersonSearchRCNN: "fp32", "bf16" / "fp16" autocast (the re-ID
+    # features stay fp32), or "auto", the fastest the device computes natively (bf16 on CPUs with
+    # AVX-512 BF16 or AMX, else fp32). A precision the device would emulate is an error:
+    # emulated bf16 ran ~250x slower than fp32 on an AVX2 CPU (modeling/precision.py).
     _C.TEST.PERSON_SEARCH.PRECISION = "fp32"
     # Images per inference batch in evaluation (gallery images and queries may share a batch).
     _C.TEST.PERSON_SEARCH.IMS_PER_BATCH = 1
@@ -256,6 +258,11 @@ def add_gallery_index_config(cfg):
     # CPU thread. 20 ms: under half of the 50 ms search target of docs/search.md and about 1 % of
     # embedding the query on a CPU (1-2 s per image); exact search of 1M boxes takes 86 ms.
     _C.GALLERY_INDEX.LATENCY_BUDGET_MS = 20.0
+    # Video indexing: a frame whose grey thumbnail (64 px wide) differs from that of the last frame
+    # of its video the model ran on by less than this mean absolute difference (0-255) takes
+    # that frame's detections without running the model (search/frame_gate.py); images are never
+    # gated. 0 turns it off. Recall and speed measured: docs/search.md.
+    _C.GALLERY_INDEX.UNCHANGED_FRAME_DIFF = 0.0
 
 
 def load_config(config_file: str, opts=(), freeze: bool = True, overrides=()):

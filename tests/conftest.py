@@ -58,3 +58,16 @@ def tiny_sets(tmp_path):
     for split in ("train", "test"):
         DatasetCatalog.remove(f"{name}_{split}")
         MetadataCatalog.remove(f"{name}_{split}")
+
+
+@pytest.fixture
+def native_bf16(monkeypatch):
+    """
+    The CPU taken for one that computes bf16 natively (AVX-512 BF16), whatever this one has:
+    tests of the bf16 code paths run on AVX2 machines too, where TEST.PERSON_SEARCH.PRECISION
+    bf16 is otherwise refused (personsearch_kd/modeling/precision.py).
+    """
+    from personsearch_kd.modeling import precision
+
+    monkeypatch.setattr(precision, "cpu_capability", lambda: "AVX512")
+    monkeypatch.setattr(precision, "_cpu_has", lambda feature: feature == "avx512_bf16")

@@ -172,7 +172,7 @@ def test_checkpoints_from_before_the_reid_head_component_still_load(tmp_path):
         assert torch.equal(fresh.state_dict()[key], value), key
 
 
-def test_bf16_inference_option_gives_the_documented_outputs(records):
+def test_bf16_inference_option_gives_the_documented_outputs(records, native_bf16):
     set_seed(0)
     cfg = tiny_cfg(18, **{"TEST.PERSON_SEARCH.PRECISION": "bf16"})
     model = build_model(cfg).eval()

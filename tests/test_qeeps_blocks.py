@@ -147,7 +147,7 @@ def test_qeeps_trains_on_pairs_with_its_own_losses_and_starts_from_an_oim_checkp
     assert model.query_modulation[0].weight.grad.abs().sum() > 0
 
 
-def test_qeeps_searches_a_pair_and_refuses_plain_inference(tiny_sets):
+def test_qeeps_searches_a_pair_and_refuses_plain_inference(tiny_sets, native_bf16):
     pytest.importorskip("detectron2")
     from detectron2.data import DatasetCatalog
     from detectron2.modeling import build_model

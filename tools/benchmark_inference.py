@@ -40,7 +40,13 @@ def main(argv=None):
     parser.add_argument("--height", type=int, default=576)
     parser.add_argument("--width", type=int, default=768)
     parser.add_argument("--batch", type=int, default=1, help="gallery images per forward")
-    parser.add_argument("--precision", nargs="+", default=["fp32"], choices=PRECISIONS)
+    parser.add_argument(
+        "--precision",
+        nargs="+",
+        default=["fp32"],
+        choices=PRECISIONS,
+        help="each only where the device computes it natively; auto: the fastest native one",
+    )
     parser.add_argument("--channels-last", nargs="+", type=int, default=[0], choices=[0, 1])
     parser.add_argument("--reid-on-proposals", nargs="+", type=int, default=[0], choices=[0, 1])
     parser.add_argument("--warmup", type=int, default=1)

@@ -6,7 +6,6 @@ memory, every setting (config, re-ID placement, precision, memory format) altern
 process, so that a change in the machine's load hits all alike; SeqNet as one more setting.
 """
 
-import itertools
 import statistics
 import time
 from collections import defaultdict
@@ -16,6 +15,7 @@ from typing import Optional, Sequence
 import torch
 
 from ..config import load_config
+from ..modeling.precision import PRECISIONS, resolve_precision
 from ..utils.seqnet_reference import build_seqnet, seqnet_gallery_inputs
 from .hooks import peak_memory_gb
 from .trained_model import build_trained_student
@@ -47,8 +47,6 @@ class InferenceOptions:
 
 # The config name of SeqNet's row (personsearch_kd/utils/seqnet_reference.py).
 SEQNET = "SeqNet"
-
-PRECISIONS = ("fp32", "bf16", "fp16")
 
 # The timed stages of a forward, in order ("postprocess and rest": what the others leave).
 STAGES = [
@@ -189,15 +187,20 @@ def measure_inference(options: InferenceOptions):
     channels_last, images/s, median s per forward, detections per image, {stage: share of the
     forward} (empty for SeqNet), peak memory GB).
     """
-    settings = list(
-        itertools.product(
-            options.config_files,
-            options.reid_on_proposals,
-            options.precision,
-            options.channels_last,
-        )
-    )
     built = {}
+    precisions = {}  # per config: "auto" resolved, an emulated precision refused before any run
+    for config_file in options.config_files:
+        device = load_config(config_file, options.opts).MODEL.DEVICE
+        precisions[config_file] = list(
+            dict.fromkeys(resolve_precision(p, device) for p in options.precision)
+        )
+    settings = [
+        (config_file, on_proposals, precision, channels_last)
+        for config_file in options.config_files
+        for on_proposals in options.reid_on_proposals
+        for precision in precisions[config_file]
+        for channels_last in options.channels_last
+    ]
     for config_file, on_proposals, _, _ in settings:
         if (config_file, on_proposals) not in built:
             built[config_file, on_proposals] = _model(

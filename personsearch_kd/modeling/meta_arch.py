@@ -8,11 +8,10 @@ from detectron2.config import configurable
 from detectron2.modeling import META_ARCH_REGISTRY, GeneralizedRCNN
 from detectron2.structures import Boxes, Instances
 
+from .precision import AUTOCAST_DTYPES, PRECISIONS, resolve_precision
 from .record import StudentRecord
 
 __all__ = ["PersonSearchRCNN", "as_fp32"]
-
-_AUTOCAST_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def as_fp32(instances: Instances) -> Instances:
@@ -54,21 +53,21 @@ class PersonSearchRCNN(GeneralizedRCNN):
         """
         Args:
             inference_precision: "fp32", or "bf16" / "fp16" to run inference under autocast
-                (re-ID features stay fp32).
+                (re-ID features stay fp32), or "auto": the fastest the model's device computes
+                natively (:func:`resolve_precision`, checked at each inference: a model can move).
             kwargs: arguments of :class:`GeneralizedRCNN`.
         """
         super().__init__(**kwargs)
-        if inference_precision not in _AUTOCAST_DTYPES:
-            raise ValueError(
-                f"TEST.PERSON_SEARCH.PRECISION={inference_precision!r}: expected one of "
-                f"{sorted(_AUTOCAST_DTYPES)}"
-            )
+        if inference_precision not in PRECISIONS:
+            resolve_precision(inference_precision, "cpu")  # the error naming what is expected
         self.inference_precision = inference_precision
 
     @classmethod
     def from_config(cls, cfg):
         ret = super().from_config(cfg)
-        ret["inference_precision"] = cfg.TEST.PERSON_SEARCH.PRECISION
+        precision = cfg.TEST.PERSON_SEARCH.PRECISION
+        resolve_precision(precision, cfg.MODEL.DEVICE)  # an emulated precision fails at build
+        ret["inference_precision"] = precision
         return ret
 
     def forward(self, batched_inputs: List[Dict[str, torch.Tensor]]):
@@ -84,9 +83,13 @@ class PersonSearchRCNN(GeneralizedRCNN):
             as_fp32(output["instances"])
         return outputs
 
+    def resolved_precision(self) -> str:
+        """The precision its inference runs at on its device ("auto" resolved)."""
+        return resolve_precision(self.inference_precision, self.device)
+
     def inference_autocast(self):
         """A context running its inference at ``inference_precision`` (nothing for fp32)."""
-        dtype = _AUTOCAST_DTYPES[self.inference_precision]
+        dtype = AUTOCAST_DTYPES[self.resolved_precision()]
         if dtype is None:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=dtype)

@@ -1,0 +1,81 @@
+# Copyright (c) personsearch_kd contributors. Licensed under the Apache License 2.0.
+"""
+The inference precision (TEST.PERSON_SEARCH.PRECISION) a device computes natively. A reduced
+precision pays only where the hardware has it: on an x86 CPU without AVX-512 BF16 or AMX, oneDNN
+emulates bf16, and one 3 x 3 convolution ran ~250x slower than in fp32 (docs/search.md). So
+"bf16" / "fp16" are refused where the device would emulate them, and "auto" takes the fastest
+native one.
+"""
+
+from typing import Tuple
+
+import torch
+
+__all__ = ["AUTOCAST_DTYPES", "PRECISIONS", "native_precisions", "resolve_precision"]
+
+AUTOCAST_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+# What TEST.PERSON_SEARCH.PRECISION accepts: a precision, or "auto" (the device's fastest).
+PRECISIONS = tuple(AUTOCAST_DTYPES) + ("auto",)
+
+
+def cpu_capability() -> str:
+    """ATen's CPU capability ("AVX512", "AVX2", "DEFAULT", ...; ATEN_CPU_CAPABILITY lowers it)."""
+    return torch.backends.cpu.get_cpu_capability()
+
+
+def _cpu_has(feature: str) -> bool:
+    """A torch.cpu feature probe (e.g. "avx512_bf16"); False where this PyTorch lacks it."""
+    probe = getattr(torch.cpu, f"_is_{feature}_supported", None)
+    return bool(probe()) if probe is not None else False
+
+
+def native_precisions(device) -> Tuple[str, ...]:
+    """
+    The precisions ``device`` computes natively, fastest last: on CUDA fp16, and bf16 from
+    Ampere on; on a CPU whose ATen capability is AVX-512, bf16 with AVX-512 BF16 or AMX and
+    fp16 with AMX-FP16 (the capability is checked too, so that ATEN_CPU_CAPABILITY=avx2 takes
+    an AVX-512 machine for the AVX2 one it then is).
+    """
+    device = torch.device(device)
+    if device.type == "cuda":
+        bf16 = torch.cuda.is_bf16_supported(including_emulation=False)
+        return ("fp32", "fp16") + (("bf16",) if bf16 else ())
+    if device.type != "cpu" or not cpu_capability().startswith("AVX512"):
+        return ("fp32",)
+    native = ["fp32"]
+    if _cpu_has("amx_fp16"):
+        native.append("fp16")
+    if _cpu_has("avx512_bf16") or _cpu_has("amx_tile"):
+        native.append("bf16")
+    return tuple(native)
+
+
+def resolve_precision(precision: str, device) -> str:
+    """
+    TEST.PERSON_SEARCH.PRECISION for ``device``: "auto" becomes the fastest native precision
+    (bf16 before fp16, else fp32); "bf16" / "fp16" where ``device`` would emulate them is a
+    ValueError naming the device's capability.
+    """
+    if precision not in PRECISIONS:
+        raise ValueError(
+            f"TEST.PERSON_SEARCH.PRECISION={precision!r}: expected one of {sorted(PRECISIONS)}"
+        )
+    native = native_precisions(device)
+    if precision == "auto":
+        return "bf16" if "bf16" in native else native[-1]
+    if precision in native:
+        return precision
+    device = torch.device(device)
+    if device.type == "cpu":
+        hardware = (
+            f"this CPU's capability is {cpu_capability()} "
+            "(torch.backends.cpu.get_cpu_capability()); native bf16 needs AVX-512 BF16 or AMX, "
+            "fp16 AMX-FP16"
+        )
+    else:
+        hardware = f"{device} ({torch.cuda.get_device_name(device)}) lacks it"
+    raise ValueError(
+        f"TEST.PERSON_SEARCH.PRECISION={precision!r}: {device.type} would emulate {precision}, "
+        f"much slower than fp32: {hardware}; use fp32, or auto (the fastest native precision)"
+    )
