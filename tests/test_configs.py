@@ -2,7 +2,8 @@
 """
 Every shipped yaml config merges onto add_personsearch_config and builds its model; the hardware
 override files of configs/mot15/ (gpu*.yaml, merged after a config by load_config's overrides and
-tools/train_net.py --override) merge onto the configs they are for and change their keys only.
+tools/train_net.py --override) merge onto the configs they are for and change their keys only;
+so does configs/index_fast.yaml, the fast indexing path, without changing a gallery's embedding.
 """
 
 import glob
@@ -34,8 +35,10 @@ from helpers import CONFIGS, REPO_ROOT, load_tool  # noqa: E402
 MOT15 = os.path.join(CONFIGS, "mot15")
 # Override files: keys only, merged after a config file (no _BASE_, not a config on their own).
 OVERRIDES = sorted(glob.glob(os.path.join(MOT15, "gpu*.yaml")))
+INDEX_FAST = os.path.join(CONFIGS, "index_fast.yaml")
 YAML_CONFIGS = sorted(
-    set(glob.glob(os.path.join(CONFIGS, "**", "*.yaml"), recursive=True)) - set(OVERRIDES)
+    set(glob.glob(os.path.join(CONFIGS, "**", "*.yaml"), recursive=True))
+    - set(OVERRIDES + [INDEX_FAST])
 )
 MOT15_CONFIGS = [p for p in YAML_CONFIGS if os.path.dirname(p) == MOT15]
 
@@ -259,3 +262,22 @@ def test_train_net_merges_its_overrides_after_the_config_and_before_the_opts(tmp
     cfg = setup_from_args(args)
     assert cfg.MODEL.DEVICE == "cuda" and cfg.INPUT.MIN_SIZE_TEST == 600
     assert cfg.SOLVER.BASE_LR == 0.01 and cfg.SOLVER.MAX_ITER == 7
+
+
+@pytest.mark.parametrize(
+    "name", ["oim_R_18", "oim_R_50", "fd_R_18", "kd_reid_R_18", "dkd_R_18", "qeeps_R_18"]
+)
+def test_the_fast_indexing_file_changes_test_time_keys_only_not_the_embedding(name, tmp_path):
+    from personsearch_kd.search import model_fingerprint
+
+    path = os.path.join(MOT15, f"{name}.yaml")
+    weights = tmp_path / "model.pth"
+    weights.write_bytes(b"weights")
+    opts = ["MODEL.WEIGHTS", str(weights)]
+    plain, fast = load_config(path, opts), load_config(path, opts, overrides=[INDEX_FAST])
+    changed = {k for k, v in _flat(fast).items() if _tuples(v) != _tuples(_flat(plain)[k])}
+    with open(INDEX_FAST) as f:
+        assert changed <= set(_flat(yaml.safe_load(f)))
+    assert changed and all(k.startswith(("TEST.", "MODEL.RPN.")) for k in changed), changed
+    # An index built on the fast path is searched with the plain config's queries.
+    assert model_fingerprint(fast) == model_fingerprint(plain)

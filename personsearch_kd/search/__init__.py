@@ -18,7 +18,7 @@ from .sources import (
 
 if find_spec("detectron2") is not None:
     from .fingerprint import model_fingerprint
-    from .indexing import index_gallery, merge_shards, open_index
+    from .indexing import index_gallery, indexing_config, merge_shards, open_index
 
 __all__ = [
     "GalleryIndex",
@@ -28,6 +28,7 @@ __all__ = [
     "count_sources",
     "expand_inputs",
     "index_gallery",
+    "indexing_config",
     "merge_shards",
     "model_fingerprint",
     "open_index",

@@ -6,7 +6,8 @@ started again skips what is done; the main process then merges the shards into `
 
 Sources that cannot be read are skipped, not fatal: each shard, then ``<output>``, keeps a report
 of them, ``skipped.json`` (see :func:`read_skip_report`). Boxes with no area inside their image
-are not indexed.
+are not indexed. ``<output>/inference_path.json`` records how each run computed its features
+(:func:`inference_path`).
 """
 
 import json
@@ -17,21 +18,87 @@ from contextlib import closing
 from typing import Dict, Iterable, Iterator, List, Optional, Sequence
 
 import numpy as np
+import torch
 from tqdm import tqdm
 
 from detectron2.utils import comm
 
+from ..modeling.precision import resolve_precision
 from .fingerprint import model_fingerprint
+from .frame_gate import UnchangedFrameGate
 from .gallery_index import GalleryIndex
 from .recall_check import check_recall, describe_recall
 from .sources import SkippedSource, count_sources, expand_inputs, prefetch, read_sources
 
-__all__ = ["SKIP_REPORT", "index_gallery", "merge_shards", "open_index", "read_skip_report"]
+__all__ = [
+    "INFERENCE_PATH",
+    "SKIP_REPORT",
+    "index_gallery",
+    "indexing_config",
+    "inference_path",
+    "merge_shards",
+    "open_index",
+    "read_skip_report",
+]
 
 logger = logging.getLogger(__name__)
 
 SHARDS = "shards"
 SKIP_REPORT = "skipped.json"
+INFERENCE_PATH = "inference_path.json"
+
+
+def indexing_config(cfg):
+    """
+    ``cfg`` for indexing: the detector keeps only the detections the index keeps (scoring at
+    least TEST.PERSON_SEARCH.SEARCH_SCORE_THRESH), so that re-ID embeds those alone. The index is
+    the same: a detection scoring less can suppress none scoring more in NMS.
+    """
+    cfg = cfg.clone()
+    frozen = cfg.is_frozen()
+    cfg.defrost()
+    # The detector keeps scores > SCORE_THRESH_TEST (fp32), the index scores >= the search
+    # threshold: the fp32 number just below the latter keeps the same detections.
+    kept = np.nextafter(np.float32(cfg.TEST.PERSON_SEARCH.SEARCH_SCORE_THRESH), np.float32(-1))
+    cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST = max(cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST, float(kept))
+    if frozen:
+        cfg.freeze()
+    return cfg
+
+
+def inference_path(cfg, batch_size: int) -> Dict:
+    """
+    How the features of an indexing run with ``cfg`` are computed (``inference_path.json``):
+    the device, its CPU capability, the precision (TEST.PERSON_SEARCH.PRECISION resolved),
+    re-ID placement, the test-time budget, images per forward and the unchanged-frame gate.
+    """
+    return {
+        "device": cfg.MODEL.DEVICE,
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "precision": resolve_precision(cfg.TEST.PERSON_SEARCH.PRECISION, cfg.MODEL.DEVICE),
+        "reid_on_proposals": bool(cfg.TEST.PERSON_SEARCH.REID_ON_PROPOSALS),
+        "rpn_pre_nms_topk": cfg.MODEL.RPN.PRE_NMS_TOPK_TEST,
+        "rpn_post_nms_topk": cfg.MODEL.RPN.POST_NMS_TOPK_TEST,
+        "detection_score_thresh": cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST,
+        "min_size_test": cfg.INPUT.MIN_SIZE_TEST,
+        "max_size_test": cfg.INPUT.MAX_SIZE_TEST,
+        "images_per_forward": batch_size,
+        "unchanged_frame_diff": cfg.GALLERY_INDEX.UNCHANGED_FRAME_DIFF,
+        "torch": torch.__version__,
+    }
+
+
+def _record_inference_path(directory: str, path: Dict, sources: int) -> None:
+    """Append this run's path and the sources it added to ``directory/inference_path.json``."""
+    file = os.path.join(directory, INFERENCE_PATH)
+    runs = []
+    if os.path.isfile(file):
+        with open(file) as f:
+            runs = json.load(f)
+    runs.append({"path": path, "sources_added": sources})
+    with open(file + ".tmp", "w") as f:
+        json.dump(runs, f, indent=1)
+    os.replace(file + ".tmp", file)
 
 
 def open_index(directory: str, model, cfg, factory: Optional[str] = None) -> GalleryIndex:
@@ -125,12 +192,26 @@ def _boxes_with_area(features, boxes, scores, height: int, width: int):
     return features[keep], boxes[keep], scores[keep], int((~keep).sum())
 
 
+def _kept_detections(instances, thresh: float, height: int, width: int):
+    """(features, boxes, scores, boxes without area) of the detections an index keeps."""
+    instances = instances[instances.scores >= thresh]
+    return _boxes_with_area(
+        instances.reid_feats.numpy(),
+        instances.pred_boxes.tensor.numpy(),
+        instances.scores.numpy(),
+        height,
+        width,
+    )
+
+
 def _index_share(
     cfg, model, predictor, files, output, every, camera, save_every, batch_size
 ) -> int:
     """
     This process's share of the sources into its exact shard, saved every ``save_every`` and
-    when the loop leaves, by an error too. Returns the number of boxes without area left out.
+    when the loop leaves, by an error too. Video frames that GALLERY_INDEX.UNCHANGED_FRAME_DIFF
+    finds unchanged take the detections of their video's last frame run. Returns the number of
+    boxes without area left out.
     """
     rank, world = comm.get_rank(), comm.get_world_size()
     final = open_index(output, model, cfg) if os.path.isdir(output) else None
@@ -169,22 +250,25 @@ def _index_share(
         shard.save(shard_dir)
         _write_skip_report(shard_dir, _merge_skip_reports(earlier_skips, skipped, files))
 
+    gate = UnchangedFrameGate(cfg.GALLERY_INDEX.UNCHANGED_FRAME_DIFF)
+    last_run = {}  # video path -> the kept detections of its last frame the model ran on
     without_area = since_save = 0
     try:
         with closing(prefetch(read_sources(files, every, wanted))) as sources:
             for batch in _batches(_readable(sources, skip), batch_size):
-                detections = predictor.detect_batch([s.image for s in batch])
-                for source, instances in zip(batch, detections):
-                    instances = instances[instances.scores >= thresh]
-                    features, boxes, scores, dropped = _boxes_with_area(
-                        instances.reid_feats.numpy(),
-                        instances.pred_boxes.tensor.numpy(),
-                        instances.scores.numpy(),
-                        *source.image.shape[:2],
-                    )
+                unchanged = [gate.unchanged(s) for s in batch]
+                run = [s.image for s, same in zip(batch, unchanged) if not same]
+                detections = iter(predictor.detect_batch(run) if run else [])
+                for source, same in zip(batch, unchanged):
+                    if same:  # its reference came before it: in this batch or an earlier one
+                        features, boxes, scores = last_run[source.path]
+                    else:
+                        found = _kept_detections(next(detections), thresh, *source.image.shape[:2])
+                        features, boxes, scores, dropped = found
+                        without_area += dropped
+                        last_run[source.path] = (features, boxes, scores)
                     shard.add(features, boxes, scores, source.path, source.frame, source.time,
                               camera)  # fmt: skip
-                    without_area += dropped
                 progress.update(len(batch))
                 since_save += len(batch)
                 if since_save >= save_every:
@@ -231,7 +315,7 @@ def index_gallery(
     every: int = 1,
     camera: str = "",
     save_every: int = 200,
-    batch_size: int = 1,
+    batch_size: Optional[int] = None,
 ) -> Optional[GalleryIndex]:
     """
     Index every person that ``predictor`` detects (scoring at least
@@ -248,20 +332,32 @@ def index_gallery(
         every: index every N-th video frame.
         camera: the camera id recorded with every detection.
         save_every: sources between two saves of a shard (also saved when an error stops it).
-        batch_size: images per forward pass.
+        batch_size: images per forward pass (None: TEST.PERSON_SEARCH.IMS_PER_BATCH).
 
     Returns:
         the merged index on the main process, None on the others.
     """
     files = expand_inputs(inputs)
     model = model_fingerprint(cfg)
+    batch_size = batch_size or cfg.TEST.PERSON_SEARCH.IMS_PER_BATCH
     without_area = _index_share(
         cfg, model, predictor, files, output, every, camera, save_every, batch_size
     )
     without_area = sum(comm.all_gather(without_area))  # every process's; also the barrier
     if not comm.is_main_process():
         return None
+    header = os.path.join(output, "index.json")
+    before = 0
+    if os.path.isfile(header):  # the count alone, without reading the index
+        with open(header) as f:
+            before = json.load(f)["num_sources"]
     final = merge_shards(cfg, model, output, files)
+    path = inference_path(cfg, batch_size)
+    _record_inference_path(output, path, final.num_sources - before)
+    logger.info(
+        f"features computed in {path['precision']} on {path['device']}; how: "
+        + os.path.join(output, INFERENCE_PATH)
+    )
     skipped = read_skip_report(output)
     logger.info(
         f"{output}: {len(final)} detections of {final.num_sources} images and frames "
