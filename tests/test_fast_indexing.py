@@ -13,6 +13,7 @@ pytest.importorskip("detectron2")
 
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
+import torch  # noqa: E402
 
 from detectron2.checkpoint import DetectionCheckpointer  # noqa: E402
 from detectron2.modeling import build_model  # noqa: E402
@@ -112,12 +113,12 @@ def test_reid_embeds_only_the_detections_the_index_keeps_and_the_index_is_the_sa
 def test_unchanged_video_frames_take_the_detections_of_the_last_frame_run(footage, tmp_path):
     inputs = [footage["video"], footage["folder"]]
     results, counts = [], []
-    for diff in (0.0, 1.0):
-        opts = footage["opts"] + ["GALLERY_INDEX.UNCHANGED_FRAME_DIFF", str(diff)]
+    for share in (0.0, 0.01):
+        opts = footage["opts"] + ["GALLERY_INDEX.UNCHANGED_FRAME_SHARE", str(share)]
         cfg = indexing_config(load_config(footage["config"], opts))
         predictor = PersonSearchPredictor(cfg)
         counts.append(_counting(predictor))
-        output = str(tmp_path / f"gate{diff}")
+        output = str(tmp_path / f"gate{share}")
         index_gallery(cfg, predictor, inputs, output, batch_size=2)
         results.append(_records(output))
     # Off: all 5 frames and both images run. On: frames 0 and 3 of A A A B B, and the images
@@ -137,17 +138,27 @@ def test_unchanged_video_frames_take_the_detections_of_the_last_frame_run(footag
 
 
 def test_the_gate_compares_with_the_last_frame_run_so_a_slow_change_gets_through():
-    gate = UnchangedFrameGate(1.5)
-    # Grey rising 1 per frame: every step is under 1.5 from the previous frame, but two steps
-    # are not under it from the frame run (a gate comparing neighbours would never run again).
-    frames = [np.full((48, 64, 3), v, np.uint8) for v in (100, 101, 102, 103, 104)]
+    gate = UnchangedFrameGate(0.005)  # thumbnails 128 px wide: these frames' own size
+    # An 8 x 8 white square moving 2 px per frame on black: each step changes 32 of 8192 pixels
+    # (0.39 %, under 0.5 %), two steps 64 (0.78 %): a gate comparing neighbours would never run
+    # the model again.
+    frames = []
+    for step in range(5):
+        frame = np.zeros((64, 128, 3), np.uint8)
+        frame[20:28, 2 * step : 2 * step + 8] = 255
+        frames.append(frame)
     decisions = [gate.unchanged(GallerySource("v.avi", i, 0.0, f)) for i, f in enumerate(frames)]
     assert decisions == [False, True, False, True, False]
+    # A uniform change of brightness within 16 grey levels (light, exposure) is no change.
+    brighter = np.clip(frames[4].astype(int) + 10, 0, 255).astype(np.uint8)
+    assert gate.unchanged(GallerySource("v.avi", 5, 0.0, brighter))
     assert not gate.unchanged(GallerySource("photo.jpg", -1, float("nan"), frames[0]))
     assert not gate.unchanged(GallerySource("other.avi", 0, 0.0, frames[0]))  # its own video
-    assert not UnchangedFrameGate(0.0).unchanged(GallerySource("v.avi", 1, 0.0, frames[0]))
-    with pytest.raises(ValueError, match="GALLERY_INDEX.UNCHANGED_FRAME_DIFF=-1"):
-        UnchangedFrameGate(-1)
+    off = UnchangedFrameGate(0.0)
+    assert not any(off.unchanged(GallerySource("v.avi", i, 0.0, frames[0])) for i in range(2))
+    for bad in (-1, 2):
+        with pytest.raises(ValueError, match=f"GALLERY_INDEX.UNCHANGED_FRAME_SHARE={bad}"):
+            UnchangedFrameGate(bad)
 
 
 def test_the_fast_path_file_indexes_a_searchable_index_that_records_its_path(footage, tmp_path):
@@ -191,7 +202,7 @@ def test_benchmark_indexing_rows_per_setting_with_stage_shares(footage):
     rows = load_tool("benchmark_indexing").main(
         ["--config-file", footage["config"], "--input", footage["video"], footage["folder"],
          "--rounds", "1", "--baseline-all-detections", "--setting", "default",
-         "--setting", f"fast {fast} GALLERY_INDEX.UNCHANGED_FRAME_DIFF 1.0", *footage["opts"]]
+         "--setting", f"fast {fast} GALLERY_INDEX.UNCHANGED_FRAME_SHARE 0.01", *footage["opts"]]
     )  # fmt: skip
     assert [r["name"] for r in rows] == ["all detections embedded", "default", "fast"]
     assert rows[0]["speedup"] == 1.0
@@ -201,3 +212,19 @@ def test_benchmark_indexing_rows_per_setting_with_stage_shares(footage):
         assert row["shares"]["backbone"] > 0 and row["shares"]["res5 detection"] > 0
     # Re-ID on the proposals needs no second res5 pass.
     assert rows[2]["shares"]["res5 re-ID"] == 0 < rows[1]["shares"]["res5 re-ID"]
+
+
+@pytest.mark.parametrize("keys", [("CHANNELS_LAST",), ("COMPILE",)])
+def test_channels_last_and_compile_detect_and_embed_as_the_plain_model(footage, keys):
+    plain = PersonSearchPredictor(load_config(footage["config"], footage["opts"]))
+    opts = footage["opts"] + sum([[f"TEST.PERSON_SEARCH.{key}", "True"] for key in keys], [])
+    fast = PersonSearchPredictor(load_config(footage["config"], opts))
+    assert fast.model.state_dict().keys() == plain.model.state_dict().keys()
+    images = [cv2.imread(os.path.join(footage["folder"], "a.jpg"))] * 2
+    for _ in range(2):  # a compiled model's first call compiles, the second runs the graph
+        expected, found = plain.detect_batch(images)[0], fast.detect_batch(images)[0]
+        assert len(found) == len(expected) > 0
+        for name in ("pred_boxes", "scores", "reid_feats"):
+            a, b = (getattr(x, name) for x in (expected, found))
+            a, b = (x.tensor if name == "pred_boxes" else x for x in (a, b))
+            assert torch.allclose(a, b, atol=1e-3), name

@@ -10,14 +10,14 @@ from detectron2.checkpoint import DetectionCheckpointer
 from ..config import load_config
 from ..distillation import build_student
 
-__all__ = ["build_trained_student", "load_trained_student"]
+__all__ = ["build_trained_student", "load_trained_student", "prepare_for_inference"]
 
 
 def build_trained_student(cfg, weights: str = "", resume: bool = False) -> torch.nn.Module:
     """
     The student of ``cfg`` alone (:func:`build_student`: no teacher is built, so teacher files
     may be gone), in eval mode, with ``weights`` loaded (a detectron2 checkpoint; nothing is
-    loaded when empty).
+    loaded when empty), prepared as TEST.PERSON_SEARCH asks (:func:`prepare_for_inference`).
 
     Args:
         resume: load the checkpoint that ``cfg.OUTPUT_DIR/last_checkpoint`` names instead, when
@@ -29,6 +29,28 @@ def build_trained_student(cfg, weights: str = "", resume: bool = False) -> torch
         checkpointer.resume_or_load(weights, resume=True)
     elif weights:
         checkpointer.load(weights)
+    return prepare_for_inference(model, cfg)
+
+
+def prepare_for_inference(model: torch.nn.Module, cfg) -> torch.nn.Module:
+    """
+    ``model`` (in place) in the memory format and compilation of TEST.PERSON_SEARCH's
+    CHANNELS_LAST and COMPILE; its parameters and state dict keep their names. For inference
+    only: a trained model's checkpoint is loaded before, and training never sees either.
+    """
+    options = cfg.TEST.PERSON_SEARCH
+    if options.CHANNELS_LAST:
+        model.to(memory_format=torch.channels_last)
+    if options.COMPILE:
+        # The convolution stages, where the time goes; inductor's freezing folds BatchNorm into
+        # the convolutions and prepacks their weights for oneDNN. The ROI count varies per
+        # image: res5 is compiled for dynamic shapes.
+        frozen = {"freezing": True}
+        model.backbone.compile(options=frozen)
+        for name in ("res5", "reid_res5"):
+            stage = getattr(model.roi_heads, name, None)
+            if stage is not None:
+                stage.compile(dynamic=True, options=frozen)
     return model
 
 

@@ -83,7 +83,7 @@ def inference_path(cfg, batch_size: int) -> Dict:
         "min_size_test": cfg.INPUT.MIN_SIZE_TEST,
         "max_size_test": cfg.INPUT.MAX_SIZE_TEST,
         "images_per_forward": batch_size,
-        "unchanged_frame_diff": cfg.GALLERY_INDEX.UNCHANGED_FRAME_DIFF,
+        "unchanged_frame_share": cfg.GALLERY_INDEX.UNCHANGED_FRAME_SHARE,
         "torch": torch.__version__,
     }
 
@@ -209,7 +209,7 @@ def _index_share(
 ) -> int:
     """
     This process's share of the sources into its exact shard, saved every ``save_every`` and
-    when the loop leaves, by an error too. Video frames that GALLERY_INDEX.UNCHANGED_FRAME_DIFF
+    when the loop leaves, by an error too. Video frames that GALLERY_INDEX.UNCHANGED_FRAME_SHARE
     finds unchanged take the detections of their video's last frame run. Returns the number of
     boxes without area left out.
     """
@@ -250,7 +250,7 @@ def _index_share(
         shard.save(shard_dir)
         _write_skip_report(shard_dir, _merge_skip_reports(earlier_skips, skipped, files))
 
-    gate = UnchangedFrameGate(cfg.GALLERY_INDEX.UNCHANGED_FRAME_DIFF)
+    gate = UnchangedFrameGate(cfg.GALLERY_INDEX.UNCHANGED_FRAME_SHARE)
     last_run = {}  # video path -> the kept detections of its last frame the model ran on
     without_area = since_save = 0
     try:
