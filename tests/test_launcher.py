@@ -48,3 +48,26 @@ def test_two_processes_each_run_their_rank_and_return_nothing_here(tmp_path):
     assert launch_from_args(_write_rank, args) is None
     assert sorted(os.listdir(tmp_path)) == ["rank0", "rank1"]
     assert all(open(tmp_path / name).read() == "2" for name in ("rank0", "rank1"))
+
+
+def test_cpu_processes_share_the_cores_unless_omp_num_threads_says(monkeypatch):
+    import torch
+
+    from personsearch_kd.engine.launcher import share_cpu_cores
+
+    threads = torch.get_num_threads()
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(4)), raising=False)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    try:
+        monkeypatch.setattr(comm, "get_local_size", lambda: 1)
+        torch.set_num_threads(3)
+        assert share_cpu_cores() == 3  # one process: left as it is
+        monkeypatch.setattr(comm, "get_local_size", lambda: 2)
+        assert share_cpu_cores() == 2  # 4 cores, 2 processes
+        monkeypatch.setattr(comm, "get_local_size", lambda: 8)
+        assert share_cpu_cores() == 1
+        monkeypatch.setenv("OMP_NUM_THREADS", "3")
+        torch.set_num_threads(3)
+        assert share_cpu_cores() == 3  # the user's choice
+    finally:
+        torch.set_num_threads(threads)

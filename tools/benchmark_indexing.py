@@ -3,9 +3,9 @@
 """
 Indexing speed on real images and videos: tools/index_gallery.py's work (decode ahead, detect,
 embed, the frame gate, the index) run end to end for each setting in turn, --rounds times;
-frames per second, the speed-up over the first setting, boxes indexed and the share of each
-stage, one Markdown row per setting. Accuracy is measured apart (tools/train_net.py --eval-only
-with the same keys; docs/search.md).
+seconds of each round, frames per second (median round), the speed-up over the first setting,
+boxes indexed and the share of each stage, one Markdown row per setting. Accuracy is measured
+apart (tools/train_net.py --eval-only with the same keys; docs/search.md).
 
 A setting is one quoted argument: NAME, then override files (.yaml) and KEY VALUE keys over
 --config-file and the trailing KEY VALUE keys of every setting:
@@ -83,16 +83,17 @@ def main(argv=None):
         args.config_file, args.input, settings, args.rounds, args.every, args.opts
     )
     print(
-        "| setting | frames | boxes | frames/s | speed-up | "
+        "| setting | frames | boxes | s per round | frames/s | speed-up | "
         + " | ".join(f"{stage} %" for stage in INDEXING_STAGES)
         + " |"
     )
-    print("|---" * (5 + len(INDEXING_STAGES)) + "|")
+    print("|---" * (6 + len(INDEXING_STAGES)) + "|")
     for row in rows:
         shares = " | ".join(f"{100 * row['shares'][s]:.1f}" for s in INDEXING_STAGES)
+        rounds = " / ".join(f"{s:.1f}" for s in row["seconds"])
         print(
-            f"| {row['name']} | {row['frames']} | {row['boxes']} | {row['frames_per_s']:.3f} | "
-            f"{row['speedup']:.2f}x | {shares} |"
+            f"| {row['name']} | {row['frames']} | {row['boxes']} | {rounds} | "
+            f"{row['frames_per_s']:.3f} | {row['speedup']:.2f}x | {shares} |"
         )
     return rows
 

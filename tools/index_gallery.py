@@ -34,6 +34,7 @@ from detectron2.utils.logger import setup_logger
 
 from personsearch_kd import load_config
 from personsearch_kd.engine import PersonSearchPredictor, add_launcher_arguments, launch_from_args
+from personsearch_kd.engine.launcher import share_cpu_cores
 from personsearch_kd.engine.command_line import (
     one_line_errors,
     require_file,
@@ -78,6 +79,8 @@ def index(args) -> None:
     setup_logger(name="personsearch_kd", distributed_rank=comm.get_rank())
     cfg = indexing_config(load_config(args.config_file, args.opts, overrides=args.override))
     require_weights(cfg, args.config_file)
+    if cfg.MODEL.DEVICE == "cpu":
+        share_cpu_cores()
     index_gallery(
         cfg, PersonSearchPredictor(cfg), args.input, args.output, args.every, args.camera,
         args.save_every, args.batch_size,

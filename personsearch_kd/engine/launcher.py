@@ -8,9 +8,13 @@ and a config file that these tools do not all take in the same sense; they share
 """
 
 import argparse
+import os
 from typing import Any, Callable, Optional
 
+import torch
+
 from detectron2.engine import launch
+from detectron2.utils import comm
 
 
 def add_launcher_arguments(parser: argparse.ArgumentParser, what: str = "") -> None:
@@ -51,3 +55,16 @@ def launch_from_args(main_func: Callable[[argparse.Namespace], Any], args) -> Op
         args=(args,),
     )
     return None
+
+
+def share_cpu_cores() -> int:
+    """
+    Give each process of this machine its share of the CPU cores as torch threads, unless
+    OMP_NUM_THREADS sets them: by default every process takes all cores, so N processes would
+    run N x cores threads on them. Returns this process's threads.
+    """
+    processes = comm.get_local_size()
+    if processes > 1 and "OMP_NUM_THREADS" not in os.environ:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+        torch.set_num_threads(max(1, cores // processes))
+    return torch.get_num_threads()

@@ -323,10 +323,14 @@ def index_gallery(
     ``output``; run it in every process of a launch. Sources already in ``output`` or in a shard
     of an interrupted run are skipped. Sources that cannot be read are skipped and listed in
     ``output/skipped.json`` (:func:`read_skip_report`); boxes with no area inside their image
-    are not indexed. The last log line counts both.
+    are not indexed. The last log line counts both. Video frames that the gate of
+    GALLERY_INDEX.UNCHANGED_FRAME_SHARE finds unchanged take the detections of the last frame
+    the model ran on; ``output/inference_path.json`` records how the features were computed
+    (:func:`inference_path`).
 
     Args:
-        cfg: the config of the model ``predictor`` runs (its fingerprint is the index's model).
+        cfg: the config of the model ``predictor`` runs (its fingerprint is the index's model;
+            :func:`indexing_config` of it embeds only the detections the index keeps).
         predictor: a :class:`PersonSearchPredictor` (``detect_batch``).
         inputs: folders, glob patterns, .txt lists, videos (:func:`expand_inputs`).
         every: index every N-th video frame.
