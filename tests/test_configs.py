@@ -279,5 +279,8 @@ def test_the_fast_indexing_file_changes_test_time_keys_only_not_the_embedding(na
     with open(INDEX_FAST) as f:
         assert changed <= set(_flat(yaml.safe_load(f)))
     assert changed and all(k.startswith(("TEST.", "MODEL.RPN.")) for k in changed), changed
-    # An index built on the fast path is searched with the plain config's queries.
+    # An index built on the fast path is searched with the plain config's queries; a key that
+    # changes how a box is embedded (the test input size) changes the fingerprint.
     assert model_fingerprint(fast) == model_fingerprint(plain)
+    resized = load_config(path, opts + ["INPUT.MIN_SIZE_TEST", "320"], overrides=[INDEX_FAST])
+    assert model_fingerprint(resized) != model_fingerprint(plain)

@@ -9,7 +9,8 @@ from ..config import student_config
 
 __all__ = ["model_fingerprint"]
 
-# Test-time detection settings: they change which boxes a gallery has, not how a box is embedded.
+# Test-time detection settings: they change which boxes a gallery has, not how a box is embedded
+# (MODEL.RPN.NMS_THRESH also sets training's, which is over once a model is indexed).
 _DETECTION_ONLY_KEYS = (
     "MODEL.WEIGHTS",
     "MODEL.DEVICE",
@@ -17,6 +18,7 @@ _DETECTION_ONLY_KEYS = (
     "MODEL.ROI_HEADS.NMS_THRESH_TEST",
     "MODEL.RPN.PRE_NMS_TOPK_TEST",
     "MODEL.RPN.POST_NMS_TOPK_TEST",
+    "MODEL.RPN.NMS_THRESH",
 )
 
 
