@@ -13,10 +13,10 @@ indexed boxes (IoU >= 0.5, every frame, a gated frame counted with the boxes it 
 
 import argparse
 import os
+import sys
 import tempfile
 import time
 
-import cv2
 import numpy as np
 
 from detectron2.structures import Boxes, pairwise_iou
@@ -26,18 +26,8 @@ from personsearch_kd.data.datasets.mot import read_mot_gt, read_seqinfo
 from personsearch_kd.engine import PersonSearchPredictor
 from personsearch_kd.search import GalleryIndex, index_gallery, indexing_config
 
-
-def write_video(seq_dir: str, path: str) -> int:
-    """The sequence's img1 frames in order as an MJPG video; returns their file names."""
-    info = read_seqinfo(seq_dir)
-    names = sorted(os.listdir(os.path.join(seq_dir, "img1")))
-    writer = cv2.VideoWriter(
-        path, cv2.VideoWriter_fourcc(*"MJPG"), 7.0, (info["width"], info["height"])
-    )
-    for name in names:
-        writer.write(cv2.imread(os.path.join(seq_dir, "img1", name)))
-    writer.release()
-    return names
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from sequence_video import write_sequence_video  # noqa: E402
 
 
 def recall(index: GalleryIndex, names, gt: np.ndarray) -> float:
@@ -69,7 +59,7 @@ def main():
     print("|---|---|---|---|---|---|---|")
     with tempfile.TemporaryDirectory() as scratch:
         video = os.path.join(scratch, "sequence.avi")
-        names = write_video(args.sequence, video)
+        names = write_sequence_video(args.sequence, video, 7.0)
         for threshold in args.thresholds:
             opts = list(args.opts) + ["GALLERY_INDEX.UNCHANGED_FRAME_SHARE", str(threshold)]
             cfg = indexing_config(load_config(args.config_file, opts, overrides=args.override))
