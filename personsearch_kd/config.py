@@ -230,12 +230,9 @@ def add_search_config(cfg):
     # AVX-512 BF16 or AMX, else fp32). A precision the device would emulate is an error:
     # emulated bf16 ran ~250x slower than fp32 on an AVX2 CPU (modeling/precision.py).
     _C.TEST.PERSON_SEARCH.PRECISION = "fp32"
-    # Inference only (engine/trained_model.py; training never sees either): the model's tensors
-    # in channels_last memory format (7-16 % faster on an AVX-512 CPU), and torch.compile
-    # (inductor, BatchNorm folded) of the backbone and res5: faster once compiled, after a
-    # warm-up of about a minute on a CPU, so for long footage (docs/search.md).
+    # Inference only (engine/trained_model.py; training never sees it): the model's tensors in
+    # channels_last memory format (7-16 % faster on an AVX-512 CPU).
     _C.TEST.PERSON_SEARCH.CHANNELS_LAST = False
-    _C.TEST.PERSON_SEARCH.COMPILE = False
     # Images per inference batch in evaluation and indexing (gallery images and queries may
     # share a batch).
     _C.TEST.PERSON_SEARCH.IMS_PER_BATCH = 1

@@ -34,23 +34,12 @@ def build_trained_student(cfg, weights: str = "", resume: bool = False) -> torch
 
 def prepare_for_inference(model: torch.nn.Module, cfg) -> torch.nn.Module:
     """
-    ``model`` (in place) in the memory format and compilation of TEST.PERSON_SEARCH's
-    CHANNELS_LAST and COMPILE; its parameters and state dict keep their names. For inference
-    only: a trained model's checkpoint is loaded before, and training never sees either.
+    ``model`` (in place) in the memory format of TEST.PERSON_SEARCH.CHANNELS_LAST; its parameters
+    and state dict keep their names. For inference only: a trained model's checkpoint is loaded
+    before, and training never sees it.
     """
-    options = cfg.TEST.PERSON_SEARCH
-    if options.CHANNELS_LAST:
+    if cfg.TEST.PERSON_SEARCH.CHANNELS_LAST:
         model.to(memory_format=torch.channels_last)
-    if options.COMPILE:
-        # The convolution stages, where the time goes; inductor's freezing folds BatchNorm into
-        # the convolutions and prepacks their weights for oneDNN. The ROI count varies per
-        # image: res5 is compiled for dynamic shapes.
-        frozen = {"freezing": True}
-        model.backbone.compile(options=frozen)
-        for name in ("res5", "reid_res5"):
-            stage = getattr(model.roi_heads, name, None)
-            if stage is not None:
-                stage.compile(dynamic=True, options=frozen)
     return model
 
 
