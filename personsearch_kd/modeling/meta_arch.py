@@ -8,7 +8,7 @@ from detectron2.config import configurable
 from detectron2.modeling import META_ARCH_REGISTRY, GeneralizedRCNN
 from detectron2.structures import Boxes, Instances
 
-from .precision import AUTOCAST_DTYPES, PRECISIONS, resolve_precision
+from .precision import AUTOCAST_DTYPES, check_precision, resolve_precision
 from .record import StudentRecord
 
 __all__ = ["PersonSearchRCNN", "as_fp32"]
@@ -58,8 +58,7 @@ class PersonSearchRCNN(GeneralizedRCNN):
             kwargs: arguments of :class:`GeneralizedRCNN`.
         """
         super().__init__(**kwargs)
-        if inference_precision not in PRECISIONS:
-            resolve_precision(inference_precision, "cpu")  # the error naming what is expected
+        check_precision(inference_precision)  # the device is known at inference: checked there
         self.inference_precision = inference_precision
 
     @classmethod

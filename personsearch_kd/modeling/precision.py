@@ -11,12 +11,26 @@ from typing import Tuple
 
 import torch
 
-__all__ = ["AUTOCAST_DTYPES", "PRECISIONS", "native_precisions", "resolve_precision"]
+__all__ = [
+    "AUTOCAST_DTYPES",
+    "PRECISIONS",
+    "check_precision",
+    "native_precisions",
+    "resolve_precision",
+]
 
 AUTOCAST_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 # What TEST.PERSON_SEARCH.PRECISION accepts: a precision, or "auto" (the device's fastest).
 PRECISIONS = tuple(AUTOCAST_DTYPES) + ("auto",)
+
+
+def check_precision(precision: str) -> None:
+    """A ValueError unless ``precision`` is one TEST.PERSON_SEARCH.PRECISION accepts."""
+    if precision not in PRECISIONS:
+        raise ValueError(
+            f"TEST.PERSON_SEARCH.PRECISION={precision!r}: expected one of {sorted(PRECISIONS)}"
+        )
 
 
 def cpu_capability() -> str:
@@ -57,10 +71,7 @@ def resolve_precision(precision: str, device) -> str:
     (bf16 before fp16, else fp32); "bf16" / "fp16" where ``device`` would emulate them is a
     ValueError naming the device's capability.
     """
-    if precision not in PRECISIONS:
-        raise ValueError(
-            f"TEST.PERSON_SEARCH.PRECISION={precision!r}: expected one of {sorted(PRECISIONS)}"
-        )
+    check_precision(precision)
     native = native_precisions(device)
     if precision == "auto":
         return "bf16" if "bf16" in native else native[-1]

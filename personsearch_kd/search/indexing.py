@@ -88,6 +88,15 @@ def inference_path(cfg, batch_size: int) -> Dict:
     }
 
 
+def _write_json(directory: str, name: str, value) -> None:
+    """``directory/name`` (folder created) replaced atomically, as the index files are."""
+    os.makedirs(directory, exist_ok=True)
+    path = os.path.join(directory, name)
+    with open(path + ".tmp", "w") as f:
+        json.dump(value, f, indent=1)
+    os.replace(path + ".tmp", path)
+
+
 def _record_inference_path(directory: str, path: Dict, sources: int) -> None:
     """Append this run's path and the sources it added to ``directory/inference_path.json``."""
     file = os.path.join(directory, INFERENCE_PATH)
@@ -95,10 +104,7 @@ def _record_inference_path(directory: str, path: Dict, sources: int) -> None:
     if os.path.isfile(file):
         with open(file) as f:
             runs = json.load(f)
-    runs.append({"path": path, "sources_added": sources})
-    with open(file + ".tmp", "w") as f:
-        json.dump(runs, f, indent=1)
-    os.replace(file + ".tmp", file)
+    _write_json(directory, INFERENCE_PATH, runs + [{"path": path, "sources_added": sources}])
 
 
 def open_index(directory: str, model, cfg, factory: Optional[str] = None) -> GalleryIndex:
@@ -136,14 +142,6 @@ def read_skip_report(directory: str) -> List[Dict]:
             f"{path}: not a skip report ({e}; expected a list of {{path, frame, reason}}; "
             "remove it to start a new one)"
         ) from e
-
-
-def _write_skip_report(directory: str, entries: List[Dict]) -> None:
-    os.makedirs(directory, exist_ok=True)
-    path = os.path.join(directory, SKIP_REPORT)
-    with open(path + ".tmp", "w") as f:
-        json.dump(entries, f, indent=1)
-    os.replace(path + ".tmp", path)  # atomically, as the index files
 
 
 def _merge_skip_reports(
@@ -248,7 +246,7 @@ def _index_share(
 
     def save():
         shard.save(shard_dir)
-        _write_skip_report(shard_dir, _merge_skip_reports(earlier_skips, skipped, files))
+        _write_json(shard_dir, SKIP_REPORT, _merge_skip_reports(earlier_skips, skipped, files))
 
     gate = UnchangedFrameGate(cfg.GALLERY_INDEX.UNCHANGED_FRAME_SHARE)
     last_run = {}  # video path -> the kept detections of its last frame the model ran on
@@ -280,17 +278,21 @@ def _index_share(
     return without_area
 
 
-def merge_shards(cfg, model, output: str, read_files: Sequence[str] = ()) -> GalleryIndex:
+def merge_shards(
+    cfg, model, output: str, read_files: Sequence[str] = (), path: Optional[Dict] = None
+) -> GalleryIndex:
     """
     Merge every shard of ``output`` into the index there (a new one of ``cfg`` if missing), and
     their skip reports into its ``skipped.json`` (earlier entries of ``read_files``, the files
     of the run that made the shards, are replaced by the shards'); save them and remove the
     shards. An approximate index that grew then runs its recall self-check
     (:func:`.recall_check.check_recall` with GALLERY_INDEX.TARGET_RECALL and LATENCY_BUDGET_MS),
-    which chooses and records its search setting. ``model``: the fingerprint they were built
-    with. Returns the index.
+    which chooses and records its search setting. ``path``, the run's :func:`inference_path`,
+    is appended to ``inference_path.json`` with the sources the shards added. ``model``: the
+    fingerprint they were built with. Returns the index.
     """
     final = open_index(output, model, cfg)
+    sources_before = final.num_sources
     if cfg.GALLERY_INDEX.GPU:
         final.to_gpus()  # training and adding an IVF index is where a GPU pays
     shards = os.path.join(output, SHARDS)
@@ -302,7 +304,10 @@ def merge_shards(cfg, model, output: str, read_files: Sequence[str] = ()) -> Gal
         index_cfg = cfg.GALLERY_INDEX
         check_recall(final, index_cfg.TARGET_RECALL, index_cfg.LATENCY_BUDGET_MS)
     final.save(output)
-    _write_skip_report(output, _merge_skip_reports(read_skip_report(output), skipped, read_files))
+    merged = _merge_skip_reports(read_skip_report(output), skipped, read_files)
+    _write_json(output, SKIP_REPORT, merged)
+    if path is not None:
+        _record_inference_path(output, path, final.num_sources - sources_before)
     shutil.rmtree(shards)
     return final
 
@@ -350,14 +355,8 @@ def index_gallery(
     without_area = sum(comm.all_gather(without_area))  # every process's; also the barrier
     if not comm.is_main_process():
         return None
-    header = os.path.join(output, "index.json")
-    before = 0
-    if os.path.isfile(header):  # the count alone, without reading the index
-        with open(header) as f:
-            before = json.load(f)["num_sources"]
-    final = merge_shards(cfg, model, output, files)
     path = inference_path(cfg, batch_size)
-    _record_inference_path(output, path, final.num_sources - before)
+    final = merge_shards(cfg, model, output, files, path)
     logger.info(
         f"features computed in {path['precision']} on {path['device']}; how: "
         + os.path.join(output, INFERENCE_PATH)
