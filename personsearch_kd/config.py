@@ -205,7 +205,10 @@ def add_fd_config(cfg):
 
 
 def add_search_config(cfg):
-    """The person-search evaluation and inference options (TEST.PERSON_SEARCH)."""
+    """
+    The person-search evaluation and inference options (TEST.PERSON_SEARCH), with the RPN's
+    test-time objectness floor.
+    """
     _C = cfg
     _C.TEST.PERSON_SEARCH = CN()
     # Gallery detections scoring below this are not searched (0.5 in the literature).
@@ -236,6 +239,10 @@ def add_search_config(cfg):
     # Images per inference batch in evaluation and indexing (gallery images and queries may
     # share a batch).
     _C.TEST.PERSON_SEARCH.IMS_PER_BATCH = 1
+    # Test time, RecordingRPN: proposals whose objectness probability is below this are dropped
+    # after NMS and POST_NMS_TOPK_TEST, so that res5 runs on fewer proposals where a frame has few
+    # persons (0 = none dropped; speed and accuracy: docs/search.md).
+    _C.MODEL.RPN.MIN_OBJECTNESS_TEST = 0.0
 
 
 def add_gallery_index_config(cfg):

@@ -229,3 +229,51 @@ def test_channels_last_detects_and_embeds_as_the_plain_model(footage):
             a, b = (getattr(x, name) for x in (expected, found))
             a, b = (x.tensor if name == "pred_boxes" else x for x in (a, b))
             assert torch.allclose(a, b, atol=1e-3), name
+
+
+def _proposals(predictor, image):
+    """The RPN's proposals (Instances) for ``image`` in one detection run of ``predictor``."""
+    found = []
+    handle = predictor.model.proposal_generator.register_forward_hook(
+        lambda module, inputs, output: found.append(output[0][0])
+    )
+    detections = predictor.detect_batch([image])[0]
+    handle.remove()
+    return found[0], detections
+
+
+def test_the_objectness_floor_keeps_the_proposals_above_it_at_test_time_only(footage):
+    image = cv2.imread(os.path.join(footage["folder"], "a.jpg"))
+    plain = PersonSearchPredictor(load_config(footage["config"], footage["opts"]))
+    everything, _ = _proposals(plain, image)
+    probability = torch.sigmoid(everything.objectness_logits)
+    floor = float(probability.median())  # the untrained model's: about half are dropped
+    opts = footage["opts"] + ["MODEL.RPN.MIN_OBJECTNESS_TEST", str(floor)]
+    cfg = load_config(footage["config"], opts)
+    floored = PersonSearchPredictor(cfg)
+    kept, detections = _proposals(floored, image)
+    expected = int((probability >= floor).sum())
+    assert 0 < len(kept) == expected < len(everything)
+    # The proposals sort by objectness: the floor keeps a prefix, boxes unchanged.
+    assert torch.equal(kept.proposal_boxes.tensor, everything.proposal_boxes.tensor[:expected])
+    assert len(detections) > 0 and detections.reid_feats.shape[0] == len(detections)
+    # A floor above every proposal: no proposals, no detections, no error.
+    opts = footage["opts"] + ["MODEL.RPN.MIN_OBJECTNESS_TEST", "0.9999"]
+    cfg = load_config(footage["config"], opts)
+    assert len(PersonSearchPredictor(cfg).detect_batch([image])[0]) == 0
+    # Training's proposals are not floored: the same RPN outputs, in training mode and with the
+    # test-time budget, give every proposal.
+    rpn, arguments = floored.model.proposal_generator, []
+    predict = rpn.predict_proposals
+    rpn.predict_proposals = lambda *args: arguments.append(args) or predict(*args)
+    floored.detect_batch([image])
+    rpn.pre_nms_topk = {True: rpn.pre_nms_topk[False], False: rpn.pre_nms_topk[False]}
+    rpn.post_nms_topk = {True: rpn.post_nms_topk[False], False: rpn.post_nms_topk[False]}
+    rpn.train()
+    assert len(predict(*arguments[0])[0]) == len(everything)
+
+
+def test_the_objectness_floor_must_be_a_probability(footage):
+    opts = footage["opts"] + ["MODEL.RPN.MIN_OBJECTNESS_TEST", "1.0"]
+    with pytest.raises(ValueError, match="MODEL.RPN.MIN_OBJECTNESS_TEST=1.0: expected"):
+        PersonSearchPredictor(load_config(footage["config"], opts))

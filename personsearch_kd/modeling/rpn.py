@@ -1,10 +1,12 @@
 # Copyright (c) personsearch_kd contributors. Licensed under the Apache License 2.0.
-from typing import List
+import math
+from typing import List, Tuple
 
 import torch
 
+from detectron2.config import configurable
 from detectron2.modeling.proposal_generator import PROPOSAL_GENERATOR_REGISTRY, RPN
-from detectron2.structures import Boxes
+from detectron2.structures import Boxes, Instances
 
 from .record import Recorder
 
@@ -14,11 +16,56 @@ __all__ = ["RecordingRPN"]
 @PROPOSAL_GENERATOR_REGISTRY.register()
 class RecordingRPN(Recorder, RPN):
     """
-    detectron2's :class:`RPN`, unchanged, that records its training predictions and anchor
-    sampling (the ``anchors`` and ``rpn_*`` fields of :class:`StudentRecord`) for distillation
-    losses comparing them with a teacher's (KD_det's :class:`RPNDistillLoss`).
-    MODEL.PROPOSAL_GENERATOR.NAME "RecordingRPN" (configs/Base-OIM-C4.yaml).
+    detectron2's :class:`RPN` that records its training predictions and anchor sampling (the
+    ``anchors`` and ``rpn_*`` fields of :class:`StudentRecord`) for distillation losses comparing
+    them with a teacher's (KD_det's :class:`RPNDistillLoss`), and at test time can drop the
+    proposals of low objectness (MODEL.RPN.MIN_OBJECTNESS_TEST), so that a frame with few persons
+    runs res5 on fewer proposals. MODEL.PROPOSAL_GENERATOR.NAME "RecordingRPN"
+    (configs/Base-OIM-C4.yaml).
     """
+
+    @configurable
+    def __init__(self, *, min_objectness_test: float = 0.0, **kwargs):
+        """
+        Args:
+            min_objectness_test: in inference, proposals whose objectness probability is below
+                this are dropped after NMS and the POST_NMS_TOPK_TEST cut (0: none dropped).
+            kwargs: arguments of :class:`RPN`.
+        """
+        super().__init__(**kwargs)
+        if not 0.0 <= min_objectness_test < 1.0:
+            raise ValueError(
+                f"MODEL.RPN.MIN_OBJECTNESS_TEST={min_objectness_test}: expected a probability "
+                "in [0, 1)"
+            )
+        self.min_objectness_test = min_objectness_test
+
+    @classmethod
+    def from_config(cls, cfg, input_shape):
+        ret = super().from_config(cfg, input_shape)
+        ret["min_objectness_test"] = cfg.MODEL.RPN.MIN_OBJECTNESS_TEST
+        return ret
+
+    def predict_proposals(
+        self,
+        anchors: List[Boxes],
+        pred_objectness_logits: List[torch.Tensor],
+        pred_anchor_deltas: List[torch.Tensor],
+        image_sizes: List[Tuple[int, int]],
+    ) -> List[Instances]:
+        """
+        :meth:`RPN.predict_proposals` (per image, at most POST_NMS_TOPK proposals sorted by
+        objectness), then in inference those below ``min_objectness_test`` dropped; an image may
+        keep none.
+        """
+        proposals = super().predict_proposals(
+            anchors, pred_objectness_logits, pred_anchor_deltas, image_sizes
+        )
+        if self.training or self.min_objectness_test == 0.0:
+            return proposals
+        p = self.min_objectness_test
+        min_logit = math.log(p / (1.0 - p))
+        return [image[image.objectness_logits >= min_logit] for image in proposals]
 
     def losses(
         self,
