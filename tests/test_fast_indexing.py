@@ -20,7 +20,6 @@ from detectron2.modeling import build_model  # noqa: E402
 
 from personsearch_kd import load_config  # noqa: E402
 from personsearch_kd.engine import PersonSearchPredictor  # noqa: E402
-from personsearch_kd.modeling.precision import resolve_precision  # noqa: E402
 from personsearch_kd.search import GalleryIndex, index_gallery, indexing_config  # noqa: E402
 from personsearch_kd.search.frame_gate import UnchangedFrameGate  # noqa: E402
 from personsearch_kd.search.sources import GallerySource  # noqa: E402
@@ -167,12 +166,15 @@ def test_the_fast_path_file_indexes_a_searchable_index_that_records_its_path(foo
     tool = load_tool("index_gallery")
     tool.main(
         ["--config-file", footage["config"], "--override", fast, "--input", footage["video"],
-         "--output", output, *footage["opts"], "TEST.PERSON_SEARCH.IMS_PER_BATCH", "2"]
+         "--output", output, *footage["opts"], "TEST.PERSON_SEARCH.IMS_PER_BATCH", "2",
+         "TEST.PERSON_SEARCH.INT8_CALIBRATION_IMAGES", "2"]
     )  # fmt: skip
     (run,) = json.load(open(os.path.join(output, "inference_path.json")))
     path = run["path"]
     assert run["sources_added"] == 5
-    assert path["precision"] == resolve_precision("auto", "cpu")
+    # int8 after 2 frames: the first forward of 2 calibrated, the others ran in int8.
+    assert path["precision"] == "int8" and path["int8_calibration_images"] == 2
+    assert path["rpn_min_objectness"] == 0.1 and path["rpn_nms_thresh"] == 0.5
     assert path["reid_on_proposals"] is True and path["images_per_forward"] == 2
     assert path["rpn_post_nms_topk"] == load_config(footage["config"], overrides=[fast]).MODEL.RPN.POST_NMS_TOPK_TEST  # fmt: skip # noqa: E501
     # SEARCH_SCORE_THRESH 0 keeps every detection: the detector's threshold stays the config's.
@@ -185,6 +187,7 @@ def test_the_fast_path_file_indexes_a_searchable_index_that_records_its_path(foo
     runs = json.load(open(os.path.join(output, "inference_path.json")))
     assert [r["sources_added"] for r in runs] == [5, 2]
     assert runs[1]["path"]["precision"] == "fp32" and not runs[1]["path"]["reid_on_proposals"]
+    assert runs[1]["path"]["int8_calibration_images"] is None
     # The same tools search it (the fingerprint leaves the test-time budget out).
     index = GalleryIndex.load(output)
     records = index.arrays()

@@ -69,8 +69,8 @@ def test_an_avx512_cpu_without_its_bf16_instructions_refuses_bf16(monkeypatch):
 
 
 def test_an_unknown_precision_names_the_choices():
-    with pytest.raises(ValueError, match=r"PRECISION='int8': expected one of \['auto', 'bf16'"):
-        resolve_precision("int8", "cpu")
+    with pytest.raises(ValueError, match=r"PRECISION='int4': expected one of \['auto', 'bf16'"):
+        resolve_precision("int4", "cpu")
 
 
 def test_forcing_aten_to_avx2_makes_the_benchmark_refuse_bf16_in_one_line(tmp_path):

@@ -3,7 +3,7 @@ from .checkpoint import SafeCheckpointer, non_finite_tensors
 from .hooks import PeakMemory, peak_memory_gb
 from .launcher import add_launcher_arguments, launch_from_args
 from .predictor import PersonSearchPredictor
-from .trained_model import build_trained_student, load_trained_student
+from .trained_model import build_trained_student, load_trained_student, prepare_for_inference
 from .trainer import Trainer, setup_from_args, train_or_evaluate
 
 __all__ = [
@@ -17,6 +17,7 @@ __all__ = [
     "load_trained_student",
     "non_finite_tensors",
     "peak_memory_gb",
+    "prepare_for_inference",
     "setup_from_args",
     "train_or_evaluate",
 ]

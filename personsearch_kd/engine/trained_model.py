@@ -9,6 +9,8 @@ import torch
 from detectron2.checkpoint import DetectionCheckpointer
 from ..config import load_config
 from ..distillation import build_student
+from ..modeling.int8 import quantize_int8
+from ..modeling.precision import resolve_precision
 
 __all__ = ["build_trained_student", "load_trained_student", "prepare_for_inference"]
 
@@ -34,12 +36,15 @@ def build_trained_student(cfg, weights: str = "", resume: bool = False) -> torch
 
 def prepare_for_inference(model: torch.nn.Module, cfg) -> torch.nn.Module:
     """
-    ``model`` (in place) in the memory format of TEST.PERSON_SEARCH.CHANNELS_LAST; its parameters
-    and state dict keep their names. For inference only: a trained model's checkpoint is loaded
-    before, and training never sees it.
+    ``model`` (in place) in the memory format of TEST.PERSON_SEARCH.CHANNELS_LAST (its parameters
+    and state dict keep their names) and, for TEST.PERSON_SEARCH.PRECISION "int8", with its
+    backbone and res5 quantized (:func:`quantize_int8`; calibrated on the first images it runs).
+    For inference only: a trained model's checkpoint is loaded before, and training never sees it.
     """
     if cfg.TEST.PERSON_SEARCH.CHANNELS_LAST:
         model.to(memory_format=torch.channels_last)
+    if resolve_precision(cfg.TEST.PERSON_SEARCH.PRECISION, cfg.MODEL.DEVICE) == "int8":
+        quantize_int8(model, cfg.TEST.PERSON_SEARCH.INT8_CALIBRATION_IMAGES)
     return model
 
 

@@ -54,7 +54,8 @@ class PersonSearchRCNN(GeneralizedRCNN):
         Args:
             inference_precision: "fp32", or "bf16" / "fp16" to run inference under autocast
                 (re-ID features stay fp32), or "auto": the fastest the model's device computes
-                natively (:func:`resolve_precision`, checked at each inference: a model can move).
+                natively (:func:`resolve_precision`, checked at each inference: a model can move),
+                or "int8" on a CPU, for a model that :func:`quantize_int8` prepared.
             kwargs: arguments of :class:`GeneralizedRCNN`.
         """
         super().__init__(**kwargs)
@@ -87,8 +88,16 @@ class PersonSearchRCNN(GeneralizedRCNN):
         return resolve_precision(self.inference_precision, self.device)
 
     def inference_autocast(self):
-        """A context running its inference at ``inference_precision`` (nothing for fp32)."""
-        dtype = AUTOCAST_DTYPES[self.resolved_precision()]
+        """A context running its inference at ``inference_precision`` (nothing for fp32 and
+        int8, whose quantized stages replace the float ones)."""
+        precision = self.resolved_precision()
+        if precision == "int8" and getattr(self, "int8_calibration", None) is None:
+            raise ValueError(
+                "TEST.PERSON_SEARCH.PRECISION='int8': this model's stages are not quantized: "
+                "build it with personsearch_kd.engine.build_trained_student, or call "
+                "personsearch_kd.engine.prepare_for_inference(model, cfg)"
+            )
+        dtype = AUTOCAST_DTYPES[precision]
         if dtype is None:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=dtype)

@@ -4,7 +4,7 @@ The inference precision (TEST.PERSON_SEARCH.PRECISION) a device computes nativel
 precision pays only where the hardware has it: on an x86 CPU without AVX-512 BF16 or AMX, oneDNN
 emulates bf16, and one 3 x 3 convolution ran ~250x slower than in fp32 (docs/search.md). So
 "bf16" / "fp16" are refused where the device would emulate them, and "auto" takes the fastest
-native one.
+native one. "int8" (modeling/int8.py) runs on a CPU with PyTorch's x86 quantized engine.
 """
 
 from typing import Tuple
@@ -19,9 +19,10 @@ __all__ = [
     "resolve_precision",
 ]
 
-AUTOCAST_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+# int8 is not autocast: quantized stages replace the float ones (modeling/int8.py).
+AUTOCAST_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16, "int8": None}
 
-# What TEST.PERSON_SEARCH.PRECISION accepts: a precision, or "auto" (the device's fastest).
+# What TEST.PERSON_SEARCH.PRECISION accepts: a precision, or "auto" (the device's fastest float).
 PRECISIONS = tuple(AUTOCAST_DTYPES) + ("auto",)
 
 
@@ -65,13 +66,38 @@ def native_precisions(device) -> Tuple[str, ...]:
     return tuple(native)
 
 
+def _check_int8(device) -> str:
+    """ "int8" where PyTorch's x86 quantized engine runs (a CPU), else a ValueError."""
+    if device.type != "cpu":
+        raise ValueError(
+            f"TEST.PERSON_SEARCH.PRECISION='int8': int8 runs on a CPU, not on {device}; use "
+            "auto (bf16 or fp16 on a GPU)"
+        )
+    try:  # PyTorch marks it deprecated (modeling/int8.py)
+        import torch.ao.quantization.quantize_fx  # noqa: F401
+    except ImportError:
+        raise ValueError(
+            f"TEST.PERSON_SEARCH.PRECISION='int8': PyTorch {torch.__version__} lacks "
+            "torch.ao.quantization.quantize_fx; use fp32 or auto"
+        ) from None
+    if "x86" not in torch.backends.quantized.supported_engines:
+        raise ValueError(
+            "TEST.PERSON_SEARCH.PRECISION='int8': this PyTorch has no x86 quantized engine "
+            f"(torch.backends.quantized.supported_engines: "
+            f"{torch.backends.quantized.supported_engines}); use fp32 or auto"
+        )
+    return "int8"
+
+
 def resolve_precision(precision: str, device) -> str:
     """
-    TEST.PERSON_SEARCH.PRECISION for ``device``: "auto" becomes the fastest native precision
-    (bf16 before fp16, else fp32); "bf16" / "fp16" where ``device`` would emulate them is a
-    ValueError naming the device's capability.
+    TEST.PERSON_SEARCH.PRECISION for ``device``: "auto" becomes the fastest native float
+    precision (bf16 before fp16, else fp32); "bf16" / "fp16" where ``device`` would emulate them,
+    and "int8" off a CPU, are a ValueError naming why.
     """
     check_precision(precision)
+    if precision == "int8":
+        return _check_int8(torch.device(device))
     native = native_precisions(device)
     if precision == "auto":
         return "bf16" if "bf16" in native else native[-1]

@@ -69,16 +69,23 @@ def indexing_config(cfg):
 def inference_path(cfg, batch_size: int) -> Dict:
     """
     How the features of an indexing run with ``cfg`` are computed (``inference_path.json``):
-    the device, its CPU capability, the precision (TEST.PERSON_SEARCH.PRECISION resolved),
-    re-ID placement, the test-time budget, images per forward and the unchanged-frame gate.
+    the device, its CPU capability, the precision (TEST.PERSON_SEARCH.PRECISION resolved; int8's
+    calibration images), re-ID placement, the test-time budget, images per forward and the
+    unchanged-frame gate.
     """
+    precision = resolve_precision(cfg.TEST.PERSON_SEARCH.PRECISION, cfg.MODEL.DEVICE)
     return {
         "device": cfg.MODEL.DEVICE,
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-        "precision": resolve_precision(cfg.TEST.PERSON_SEARCH.PRECISION, cfg.MODEL.DEVICE),
+        "precision": precision,
+        "int8_calibration_images": (
+            cfg.TEST.PERSON_SEARCH.INT8_CALIBRATION_IMAGES if precision == "int8" else None
+        ),
         "reid_on_proposals": bool(cfg.TEST.PERSON_SEARCH.REID_ON_PROPOSALS),
+        "rpn_nms_thresh": cfg.MODEL.RPN.NMS_THRESH,
         "rpn_pre_nms_topk": cfg.MODEL.RPN.PRE_NMS_TOPK_TEST,
         "rpn_post_nms_topk": cfg.MODEL.RPN.POST_NMS_TOPK_TEST,
+        "rpn_min_objectness": cfg.MODEL.RPN.MIN_OBJECTNESS_TEST,
         "detection_score_thresh": cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST,
         "min_size_test": cfg.INPUT.MIN_SIZE_TEST,
         "max_size_test": cfg.INPUT.MAX_SIZE_TEST,
