@@ -60,6 +60,8 @@ def test_plain_copies_compute_what_detectron2_stages_compute(depth):
         pooled = torch.randn(3, model.roi_heads.res5[0].in_channels, 14, 14)
         res5 = model.roi_heads.res5
         assert torch.allclose(plain_copy(res5)(pooled), res5(pooled), rtol=1e-4, atol=1e-4)
+        rpn_conv = model.proposal_generator.rpn_head.conv  # ReLU inside, no norm
+        assert torch.allclose(plain_copy(rpn_conv)(x), rpn_conv(x), rtol=1e-4, atol=1e-4)
 
 
 def _relative_error(found, expected):
@@ -75,7 +77,7 @@ def test_int8_runs_its_first_images_in_fp32_then_int8_stages_close_to_fp32():
     cfg.TEST.PERSON_SEARCH.INT8_CALIBRATION_IMAGES = 2
     int8 = prepare_for_inference(copy.deepcopy(plain), cfg)
     stages = [m for m in int8.modules() if isinstance(m, Int8Module)]
-    assert len(stages) == 1 + 3 + 1  # stem, res2-res4, res5
+    assert len(stages) == 1 + 3 + 1 + 1  # stem, res2-res4, the RPN head's conv, res5
     frames = _frames(4)
     with torch.no_grad():
         for frame in frames[:2]:  # calibration: the fp32 computation, BatchNorm folded

@@ -1,12 +1,12 @@
 # Copyright (c) personsearch_kd contributors. Licensed under the Apache License 2.0.
 """
-int8 inference on a CPU (TEST.PERSON_SEARCH.PRECISION "int8"): the backbone's stem and stages
-and res5 run as int8 convolutions (PyTorch's FX quantization for the "x86" engine: fbgemm and
-oneDNN, VNNI where the CPU has it), per-channel weights, activations calibrated on the first
-images the model runs. Each ResNet block is first copied into a plain traceable module with its
-BatchNorm folded into the convolutions (detectron2's Conv2d holds the norm, and its forward has
-a branch FX cannot trace); the rest of the model (RPN head, ROI pooling, box predictor, re-ID
-head) stays fp32.
+int8 inference on a CPU (TEST.PERSON_SEARCH.PRECISION "int8"): the backbone's stem and stages,
+the RPN head's 3 x 3 convolution and res5 run as int8 convolutions (PyTorch's FX quantization
+for the "x86" engine: fbgemm and oneDNN, VNNI where the CPU has it), per-channel weights,
+activations calibrated on the first images the model runs. Each is first copied into a plain
+traceable module with its BatchNorm folded into the convolutions (detectron2's Conv2d holds the
+norm, and its forward has a branch FX cannot trace); the rest of the model (the RPN's 1 x 1
+outputs, ROI pooling, box predictor, re-ID head) stays fp32.
 
 PyTorch marks its FX quantization and quantized tensors deprecated in favour of torchao's PT2E
 quantization, which runs through torch.compile (tried for the float model: a minute of
@@ -23,22 +23,21 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from detectron2.layers import FrozenBatchNorm2d
+from detectron2.layers import Conv2d, FrozenBatchNorm2d
 from detectron2.modeling.backbone.resnet import BasicBlock, BasicStem, BottleneckBlock
 
 __all__ = ["Int8Module", "quantize_int8", "plain_copy"]
 
 
 def _folded(conv) -> nn.Conv2d:
-    """A detectron2 Conv2d with its (frozen or eval-mode) BatchNorm folded in, as nn.Conv2d."""
+    """A detectron2 Conv2d with its (frozen or eval-mode) BatchNorm, if any, folded in, as
+    nn.Conv2d (its activation is the caller's)."""
     norm = conv.norm
-    if conv.activation is not None or not isinstance(norm, (FrozenBatchNorm2d, nn.BatchNorm2d)):
+    if norm is not None and not isinstance(norm, (FrozenBatchNorm2d, nn.BatchNorm2d)):
         raise ValueError(
-            f"TEST.PERSON_SEARCH.PRECISION='int8': a convolution with norm {type(norm).__name__} "
-            f"and activation {conv.activation}: expected MODEL.RESNETS.NORM FrozenBN or BN and "
-            "no activation inside the convolution"
+            f"TEST.PERSON_SEARCH.PRECISION='int8': a convolution with norm {type(norm).__name__}:"
+            " expected MODEL.RESNETS.NORM FrozenBN or BN"
         )
-    scale = norm.weight * (norm.running_var + norm.eps).rsqrt()
     folded = nn.Conv2d(
         conv.in_channels,
         conv.out_channels,
@@ -49,11 +48,26 @@ def _folded(conv) -> nn.Conv2d:
         conv.groups,
         bias=True,
     )
+    weight = conv.weight
+    bias = conv.bias if conv.bias is not None else torch.zeros_like(weight[:, 0, 0, 0])
+    if norm is not None:
+        scale = norm.weight * (norm.running_var + norm.eps).rsqrt()
+        weight = weight * scale.reshape(-1, 1, 1, 1)
+        bias = (bias - norm.running_mean) * scale + norm.bias
     with torch.no_grad():
-        folded.weight.copy_(conv.weight * scale.reshape(-1, 1, 1, 1))
-        bias = conv.bias if conv.bias is not None else torch.zeros_like(scale)
-        folded.bias.copy_((bias - norm.running_mean) * scale + norm.bias)
+        folded.weight.copy_(weight)
+        folded.bias.copy_(bias)
     return folded.to(conv.weight.device)
+
+
+def _without_activation(conv):
+    """``conv``, which must apply no activation of its own (ResNet blocks apply theirs)."""
+    if conv.activation is not None:
+        raise ValueError(
+            f"TEST.PERSON_SEARCH.PRECISION='int8': a block convolution with activation "
+            f"{conv.activation}: expected detectron2's ResNet blocks"
+        )
+    return conv
 
 
 class _PlainStem(nn.Module):
@@ -88,20 +102,26 @@ class _PlainBlock(nn.Module):
 
 def plain_copy(module: nn.Module) -> nn.Module:
     """
-    A traceable fp32 copy of a detectron2 BasicStem, BasicBlock, BottleneckBlock or a Sequential
-    of them, BatchNorm folded in: the same outputs up to rounding.
+    A traceable fp32 copy of a detectron2 BasicStem, BasicBlock, BottleneckBlock, Conv2d (with
+    ReLU or no activation) or a Sequential of them, BatchNorm folded in: the same outputs up to
+    rounding.
     """
     if isinstance(module, nn.Sequential):
         return nn.Sequential(*[plain_copy(block) for block in module])
     if isinstance(module, BasicStem):
-        return _PlainStem(_folded(module.conv1))
+        return _PlainStem(_folded(_without_activation(module.conv1)))
     if isinstance(module, (BasicBlock, BottleneckBlock)):
         convs = [module.conv1, module.conv2] + ([module.conv3] if hasattr(module, "conv3") else [])
-        shortcut = None if module.shortcut is None else _folded(module.shortcut)
-        return _PlainBlock([_folded(conv) for conv in convs], shortcut)
+        convs = [_folded(_without_activation(conv)) for conv in convs]
+        shortcut = module.shortcut
+        return _PlainBlock(convs, None if shortcut is None else _folded(shortcut))
+    if isinstance(module, Conv2d) and isinstance(module.activation, (nn.ReLU, type(None))):
+        activation = [] if module.activation is None else [nn.ReLU()]
+        return nn.Sequential(_folded(module), *activation)  # the RPN head's convolution
     raise ValueError(
         f"TEST.PERSON_SEARCH.PRECISION='int8': cannot quantize a {type(module).__name__}: expected "
-        "detectron2's BasicStem, BasicBlock or BottleneckBlock (a ResNet backbone and res5)"
+        "detectron2's BasicStem, BasicBlock, BottleneckBlock (a ResNet backbone and res5) or a "
+        "Conv2d with ReLU or no activation (the RPN head's)"
     )
 
 
@@ -169,8 +189,8 @@ class _Calibration:
 def quantize_int8(model: nn.Module, calibration_images: int) -> nn.Module:
     """
     ``model`` (a PersonSearchRCNN in eval mode on the CPU, in place) with its ResNet backbone's
-    stem and stages and its ROI heads' res5 (and the re-ID head's own res5) as
-    :class:`Int8Module`: its first ``calibration_images`` images run in fp32 and set the
+    stem and stages, its RPN head's convolution and its ROI heads' res5 (and the re-ID head's own
+    res5) as :class:`Int8Module`: its first ``calibration_images`` images run in fp32 and set the
     activation ranges, the rest in int8. Returns ``model``.
     """
     if calibration_images < 1:
@@ -191,6 +211,11 @@ def quantize_int8(model: nn.Module, calibration_images: int) -> nn.Module:
         modules.append(Int8Module(stage, example))
         backbone.stages[i] = modules[-1]
         setattr(backbone, name, modules[-1])
+    rpn_head = getattr(model.proposal_generator, "rpn_head", None)
+    if isinstance(getattr(rpn_head, "conv", None), Conv2d):  # StandardRPNHead with one conv
+        conv = rpn_head.conv
+        modules.append(Int8Module(conv, torch.zeros(1, conv.in_channels, 16, 16)))
+        rpn_head.conv = modules[-1]
     heads = model.roi_heads
     for name in ("res5", "reid_res5"):
         res5 = getattr(heads, name, None)
