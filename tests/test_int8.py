@@ -79,7 +79,9 @@ def test_int8_runs_its_first_images_in_fp32_then_int8_stages_close_to_fp32():
     stages = [m for m in int8.modules() if isinstance(m, Int8Module)]
     assert len(stages) == 1 + 3 + 1 + 1  # stem, res2-res4, the RPN head's conv, res5
     frames = _frames(4)
+    empty = torch.zeros(0, plain.roi_heads.res5[0].in_channels, 14, 14)  # a frame without ROIs
     with torch.no_grad():
+        assert int8.roi_heads.res5(empty).shape == plain.roi_heads.res5(empty).shape
         for frame in frames[:2]:  # calibration: the fp32 computation, BatchNorm folded
             assert all(stage.quantized is None for stage in stages)
             expected, found = plain([frame])[0]["instances"], int8([frame])[0]["instances"]
@@ -95,7 +97,6 @@ def test_int8_runs_its_first_images_in_fp32_then_int8_stages_close_to_fp32():
         error = _relative_error(int8.roi_heads.res5(pooled), plain.roi_heads.res5(pooled))
         assert 0 < error < 0.1
         assert len(int8(frames[2:])[0]["instances"]) > 0
-        empty = torch.zeros(0, plain.roi_heads.res5[0].in_channels, 14, 14)
         assert int8.roi_heads.res5(empty).shape == plain.roi_heads.res5(empty).shape
 
 

@@ -15,7 +15,6 @@ warnings are silenced here; a PyTorch without them refuses "int8" (modeling/prec
 """
 
 import contextlib
-import copy
 import warnings
 from typing import List, Optional
 
@@ -137,20 +136,25 @@ def _quiet():
 
 class Int8Module(nn.Module):
     """
-    One stage of the model in int8: it observes the activations of its fp32 plain copy
-    (:func:`plain_copy`) until :meth:`convert`, then runs the int8 conversion. Inputs and
-    outputs are fp32 (N, C, H, W); an empty batch (a frame without proposals) runs fp32.
+    One stage of the model in int8: its fp32 plain copy (:func:`plain_copy`) observing its
+    activations until :meth:`convert`, then the int8 conversion. Input and output are fp32, e.g.
+    res5's (R, 256, 14, 14) ROI features in and (R, 512, 7, 7) out for R-18; R may be 0.
     """
 
     def __init__(self, module: nn.Module, example: torch.Tensor):
+        """
+        Args:
+            module: a stage of the model (what :func:`plain_copy` copies); left unchanged.
+            example: an input of the stage's channels, for FX's tracing.
+        """
         super().__init__()
+        # Imported here: PyTorch may drop this deprecated API (precision.py refuses int8 then).
         from torch.ao.quantization import get_default_qconfig_mapping
         from torch.ao.quantization.quantize_fx import prepare_fx
 
-        self.plain = plain_copy(module).eval()
         with _quiet():
             self.observed = prepare_fx(
-                copy.deepcopy(self.plain), get_default_qconfig_mapping("x86"), (example,)
+                plain_copy(module).eval(), get_default_qconfig_mapping("x86"), (example,)
             )
         self.quantized = None
 
@@ -163,8 +167,6 @@ class Int8Module(nn.Module):
         self.observed = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.shape[0] == 0:
-            return self.plain(x)
         if self.quantized is None:
             return self.observed(x)
         with _quiet():
