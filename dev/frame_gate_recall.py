@@ -8,7 +8,7 @@ indexed boxes (IoU >= 0.5, every frame, a gated frame counted with the boxes it 
 
     python dev/frame_gate_recall.py --sequence ../shared/data/mot15-ps-mini/PETS09-S2L1 \\
         --config-file configs/mot15/fd_R_18.yaml --override configs/index_fast.yaml \\
-        --thresholds 0 1 2 4 -- MODEL.WEIGHTS output/mot15_fd_R_18/model_final.pth
+        --thresholds 0 0.005 0.01 0.02 0.04 -- MODEL.WEIGHTS output/mot15_fd_R_18/model_final.pth
 """
 
 import argparse
@@ -49,7 +49,13 @@ def main():
     parser.add_argument("--sequence", required=True, help="a MOTChallenge sequence folder")
     parser.add_argument("--config-file", required=True)
     parser.add_argument("--override", action="append", default=[])
-    parser.add_argument("--thresholds", type=float, nargs="+", default=[0.0, 1.0, 2.0, 4.0])
+    parser.add_argument(
+        "--thresholds",
+        type=float,
+        nargs="+",
+        default=[0.0, 0.005, 0.01, 0.02, 0.04],
+        help="shares of changed pixels in [0, 1] (GALLERY_INDEX.UNCHANGED_FRAME_SHARE)",
+    )
     parser.add_argument("opts", nargs=argparse.REMAINDER)
     args = parser.parse_args()
     args.opts = [o for o in args.opts if o != "--"]  # "--" ends --thresholds
