@@ -230,9 +230,10 @@ def add_search_config(cfg):
     _C.TEST.PERSON_SEARCH.REID_ON_PROPOSALS = False
     # Inference precision of PersonSearchRCNN: "fp32", "bf16" / "fp16" autocast (the re-ID
     # features stay fp32), "auto", the fastest float precision the device computes natively
-    # (bf16 on CPUs with AVX-512 BF16 or AMX, else fp32), or "int8" on a CPU: the backbone and
-    # res5 as int8 convolutions (modeling/int8.py). A precision the device would emulate is an
-    # error: emulated bf16 ran ~250x slower than fp32 on an AVX2 CPU (modeling/precision.py).
+    # (bf16 on CPUs with AVX-512 BF16 or AMX, else fp32), or "int8" on a CPU: the backbone, the
+    # RPN conv and res5 as int8 convolutions (modeling/int8.py). A precision the device would
+    # emulate is an error: emulated bf16 ran ~250x slower than fp32 on an AVX2 CPU
+    # (modeling/precision.py).
     _C.TEST.PERSON_SEARCH.PRECISION = "fp32"
     # int8: the first images the model runs, in fp32, set the ranges of its int8 activations.
     _C.TEST.PERSON_SEARCH.INT8_CALIBRATION_IMAGES = 16

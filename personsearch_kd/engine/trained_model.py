@@ -38,7 +38,8 @@ def prepare_for_inference(model: torch.nn.Module, cfg) -> torch.nn.Module:
     """
     ``model`` (in place) in the memory format of TEST.PERSON_SEARCH.CHANNELS_LAST (its parameters
     and state dict keep their names) and, for TEST.PERSON_SEARCH.PRECISION "int8", with its
-    backbone and res5 quantized (:func:`quantize_int8`; calibrated on the first images it runs).
+    backbone, RPN conv and res5 quantized (:func:`quantize_int8`; calibrated on the first images
+    it runs).
     For inference only: a trained model's checkpoint is loaded before, and training never sees it.
     """
     if cfg.TEST.PERSON_SEARCH.CHANNELS_LAST:
